@@ -1,0 +1,3 @@
+//! The hostplane controller: turns ControlPlane objects into running tenant control planes.
+
+pub mod pki;

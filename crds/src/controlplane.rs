@@ -1,0 +1,299 @@
+//! `ControlPlane`: one tenant Kubernetes control plane. Field names follow KubeFlex's
+//! `tenancy.kflex.kubestellar.org/v1alpha1` so that a KubeFlex manifest moves by changing its
+//! `apiVersion` only.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Lifetime of handed-out tokens when the spec names none (KubeFlex's default as well).
+pub const DEFAULT_TOKEN_EXPIRATION_SECONDS: i64 = 7200;
+
+/// The desired state of a tenant control plane.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "tenancy.hostplane.io",
+    version = "v1alpha1",
+    kind = "ControlPlane",
+    plural = "controlplanes",
+    shortname = "cp",
+    shortname = "cps",
+    category = "hostplane",
+    status = "ControlPlaneStatus",
+    derive = "PartialEq",
+    doc = "A tenant Kubernetes control plane hosted by hostplane.",
+    printcolumn(name = "TYPE", type_ = "string", json_path = ".spec.type"),
+    printcolumn(name = "BACKEND", type_ = "string", json_path = ".spec.backend"),
+    printcolumn(name = "VERSION", type_ = "string", json_path = ".status.version"),
+    printcolumn(
+        name = "READY",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Ready')].status"
+    ),
+    printcolumn(
+        name = "REASON",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type=='Ready')].reason"
+    ),
+    printcolumn(
+        name = "SYNCED",
+        type_ = "string",
+        priority = 1,
+        json_path = ".status.conditions[?(@.type=='Synced')].status"
+    ),
+    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 56").message(
+        "a ControlPlane name must be at most 56 characters: its '<name>-system' namespace must fit in 63"
+    ),
+)]
+#[x_kube(
+    validation = Rule::new("self.type != 'external' || has(self.bootstrapSecretRef)")
+        .message("bootstrapSecretRef is required when type is external: name the Secret holding the cluster's kubeconfig"),
+    validation = Rule::new("self.backend != 'external' || has(self.datastoreSecretRef)")
+        .message("datastoreSecretRef is required when backend is external: name the Secret holding the DSN or etcd endpoints"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneSpec {
+    /// What kind of control plane this is. Immutable.
+    #[serde(default, rename = "type")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("type is immutable: delete and recreate the ControlPlane to change it"))]
+    pub type_: ControlPlaneType,
+
+    /// Where the tenant's state is stored. Immutable.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("backend is immutable: the tenant's data lives there"))]
+    pub backend: BackendType,
+
+    /// The tenant's Kubernetes minor version, such as "1.37"; the newest the host has when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^1\\\\.[0-9]+$')").message("version must be a Kubernetes minor version such as \"1.37\""))]
+    pub version: Option<String>,
+
+    /// Lifetime of the tokens in every kubeconfig handed out; they are renewed before they expire.
+    #[serde(default = "default_token_expiration_seconds")]
+    #[x_kube(validation = Rule::new("self >= 600 && self <= 31536000").message(
+        "tokenExpirationSeconds must be between 600 (the TokenRequest minimum) and 31536000 (one year)"
+    ))]
+    pub token_expiration_seconds: i64,
+
+    /// For type external: the Secret holding the kubeconfig of the cluster to adopt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_secret_ref: Option<BootstrapSecretReference>,
+
+    /// For backend external: the Secret holding a Postgres DSN or etcd endpoints and client certs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore_secret_ref: Option<DatastoreSecretReference>,
+
+    /// The single PostCreateHook to run after creation (KubeFlex's older single-hook form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_create_hook: Option<String>,
+
+    /// Variables for `postCreateHook`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub post_create_hook_vars: BTreeMap<String, String>,
+
+    /// PostCreateHooks to run after creation, each with its own variables.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub post_create_hooks: Vec<PostCreateHookUse>,
+
+    /// Variables every hook of this control plane sees (below per-hook vars in precedence).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub global_vars: BTreeMap<String, String>,
+
+    /// Hold Ready=False until every hook's Jobs have succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_for_post_create_hooks: Option<bool>,
+}
+
+fn default_token_expiration_seconds() -> i64 {
+    DEFAULT_TOKEN_EXPIRATION_SECONDS
+}
+
+/// The kinds of control plane. `vcluster`, `ocm` and `k3s` are accepted (KubeFlex manifests
+/// name them) and reported as unsupported until implemented.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlPlaneType {
+    /// Own kube-apiserver and kube-controller-manager.
+    #[default]
+    K8s,
+    /// The host cluster itself is handed out (kubeconfig only).
+    Host,
+    /// An existing cluster adopted from `bootstrapSecretRef`.
+    External,
+    Vcluster,
+    Ocm,
+    K3s,
+}
+
+impl ControlPlaneType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::K8s => "k8s",
+            Self::Host => "host",
+            Self::External => "external",
+            Self::Vcluster => "vcluster",
+            Self::Ocm => "ocm",
+            Self::K3s => "k3s",
+        }
+    }
+}
+
+/// Where a tenant's state lives.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendType {
+    /// Kine on the shared Postgres: one database and one login role per tenant.
+    #[default]
+    Shared,
+    /// An etcd of the tenant's own, mTLS only.
+    Dedicated,
+    /// A datastore the user provides through `datastoreSecretRef`; never dropped on delete.
+    External,
+}
+
+impl BackendType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shared => "shared",
+            Self::Dedicated => "dedicated",
+            Self::External => "external",
+        }
+    }
+}
+
+/// One use of a PostCreateHook by a control plane.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.hookName)").message("hookName is required: name the PostCreateHook to run"))]
+#[serde(rename_all = "camelCase")]
+pub struct PostCreateHookUse {
+    /// Name of the PostCreateHook object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message(
+        "hookName must be a DNS subdomain name: lowercase letters, digits, '-' and '.', at most 253 characters"
+    ))]
+    pub hook_name: Option<String>,
+
+    /// Variables for this hook (a map, so every name appears once).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// Reference to the Secret holding an external cluster's kubeconfig.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSecretReference {
+    pub name: String,
+    pub namespace: String,
+    /// Key of the kubeconfig usable from inside the host cluster, when it differs from `kubeconfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_cluster_key: Option<String>,
+}
+
+/// Reference to the Secret describing an external datastore: key `dsn` (Postgres, through Kine)
+/// or `endpoints` plus `ca.crt`, `tls.crt`, `tls.key` (etcd).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatastoreSecretReference {
+    pub name: String,
+    pub namespace: String,
+}
+
+/// The observed state of a tenant control plane.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneStatus {
+    #[serde(default)]
+    pub conditions: Vec<ControlPlaneCondition>,
+    #[serde(default)]
+    pub observed_generation: i64,
+    /// The Secret holding the tenant's kubeconfigs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretReference>,
+    /// KubeFlex's shape: hook name → applied. Kept so KubeFlex tooling still reads it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub post_create_hooks: BTreeMap<String, bool>,
+    #[serde(default)]
+    pub post_create_hook_completed: bool,
+    /// Per-hook progress, richer than `postCreateHooks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hook_statuses: Vec<HookStatus>,
+    /// Where the tenant's API server listens, as `https://host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The Kubernetes version the tenant runs, such as "1.37.2".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// What was provisioned for the tenant's state; written before the finalizer relies on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore: Option<DatastoreStatus>,
+}
+
+/// Reference to the Secret with the tenant's kubeconfigs (KubeFlex's shape).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReference {
+    pub name: String,
+    pub namespace: String,
+    /// Key of the kubeconfig usable from outside the host cluster.
+    pub key: String,
+    /// Key of the kubeconfig usable from inside the host cluster.
+    pub in_cluster_key: String,
+}
+
+/// A condition in KubeFlex's shape (with `lastUpdateTime`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneCondition {
+    /// `Ready` or `Synced`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub last_transition_time: Time,
+    pub last_update_time: Time,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Progress of one post-create hook.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookStatus {
+    pub name: String,
+    pub phase: HookPhase,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default)]
+    pub attempts: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum HookPhase {
+    #[default]
+    Pending,
+    Applied,
+    Succeeded,
+    Failed,
+}
+
+/// What was provisioned to hold a tenant's state.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatastoreStatus {
+    /// `postgres` (Kine on the shared Postgres), `sqlite` (Kine on a local file, embedded
+    /// default), `etcd` (dedicated) or `external`.
+    pub kind: String,
+    /// Postgres database owned by the tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Postgres login role owning `database`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}

@@ -1,0 +1,1 @@
+//! hostplane hooks (see DESIGN.md).

@@ -1,0 +1,1 @@
+//! hostplane proxy (see DESIGN.md).

@@ -1,0 +1,1 @@
+//! Test harness: real upstream servers on loopback.
