@@ -1,3 +1,9 @@
 //! The hostplane controller: turns ControlPlane objects into running tenant control planes.
+//!
+//! One reconcile pass runs fetch → validate → build → provision → apply → status; each step is
+//! a module with its own error type, mapped to a condition reason and an Event.
 
+pub mod build;
 pub mod pki;
+pub mod upstream;
+pub mod validate;

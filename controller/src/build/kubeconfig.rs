@@ -1,0 +1,86 @@
+//! Kubeconfigs, built as kube's `Kubeconfig` type so that what we hand out is what kubectl reads.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use kube::config::Kubeconfig;
+use serde_json::json;
+
+/// How a kubeconfig's user authenticates.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Credential<'a> {
+    /// A bearer token (what people get: it expires and carries an identity that RBAC can revoke).
+    Token(&'a str),
+    /// A client certificate and key in PEM (components and the controller only).
+    ClientCert { cert_pem: &'a str, key_pem: &'a str },
+}
+
+/// A single-context kubeconfig for `server`, trusting `ca_pem`.
+pub fn kubeconfig(context: &str, server: &str, ca_pem: &str, user: &str, credential: &Credential<'_>) -> Kubeconfig {
+    let user_entry = match credential {
+        Credential::Token(token) => json!({ "token": token }),
+        Credential::ClientCert { cert_pem, key_pem } => json!({
+            "client-certificate-data": STANDARD.encode(cert_pem),
+            "client-key-data": STANDARD.encode(key_pem),
+        }),
+    };
+    let value = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": context, "cluster": {
+            "server": server,
+            "certificate-authority-data": STANDARD.encode(ca_pem),
+        }}],
+        "users": [{ "name": user, "user": user_entry }],
+        "contexts": [{ "name": context, "context": { "cluster": context, "user": user } }],
+        "current-context": context,
+    });
+    serde_json::from_value(value).expect("the kubeconfig built here always matches kube's Kubeconfig type")
+}
+
+/// The kubeconfig as YAML, the form kubectl and people read.
+pub fn to_yaml(config: &Kubeconfig) -> String {
+    serde_yaml::to_string(config).expect("a Kubeconfig always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_kubeconfig_is_complete_yaml() {
+        let config = kubeconfig("acme", "https://127.0.0.1:7443", "CA", "acme-admin", &Credential::Token("t0k"));
+        let yaml = to_yaml(&config);
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let expected: serde_yaml::Value = serde_yaml::from_str(
+            r#"
+apiVersion: v1
+kind: Config
+clusters:
+- name: acme
+  cluster:
+    server: https://127.0.0.1:7443
+    certificate-authority-data: Q0E=
+users:
+- name: acme-admin
+  user:
+    token: t0k
+contexts:
+- name: acme
+  context:
+    cluster: acme
+    user: acme-admin
+current-context: acme
+"#,
+        )
+        .unwrap();
+        assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn client_cert_kubeconfig_embeds_base64_pem() {
+        let config = kubeconfig("c", "https://h:1", "CA", "u", &Credential::ClientCert { cert_pem: "C", key_pem: "K" });
+        let user = config.auth_infos[0].auth_info.as_ref().unwrap();
+        assert_eq!(user.client_certificate_data.as_deref(), Some("Qw=="));
+        assert_eq!(config.clusters[0].cluster.as_ref().unwrap().server.as_deref(), Some("https://h:1"));
+    }
+}
