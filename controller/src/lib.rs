@@ -5,5 +5,6 @@
 
 pub mod build;
 pub mod pki;
+pub mod runtime;
 pub mod upstream;
 pub mod validate;

@@ -1,0 +1,3 @@
+//! Tenant runtimes: where a tenant's control plane processes run.
+
+pub mod processes;

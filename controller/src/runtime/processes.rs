@@ -1,0 +1,458 @@
+//! The `processes` runtime: a tenant's Kine, kube-apiserver and kube-controller-manager run as
+//! supervised local child processes, one state directory per tenant.
+//!
+//! - Supervised: a process that exits is started again with exponential backoff.
+//! - Adopted, never duplicated: every process's pid is kept in `<name>.pid`; after a controller
+//!   restart a live process whose argv matches exactly is adopted instead of started again.
+//! - Fingerprinted: when a tenant's files or flags change (say, rotated certificates) its
+//!   processes are restarted with the new ones.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::build::processes::{ControlPlaneBundle, ProcessSpec, TenantPorts};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("tenant state dir {path}: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error("allocating loopback ports: {0}")]
+    Ports(std::io::Error),
+}
+
+/// How long a process may take to exit after SIGTERM before it gets SIGKILL.
+const TERMINATE_GRACE: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A process that ran this long before exiting starts over from the smallest backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+struct TenantProcesses {
+    fingerprint: String,
+    stop: watch::Sender<bool>,
+    supervisors: Vec<JoinHandle<()>>,
+}
+
+/// Supervises the processes of every tenant this controller runs.
+pub struct ProcessRuntime {
+    root: PathBuf,
+    tenants: Mutex<HashMap<String, TenantProcesses>>,
+}
+
+impl ProcessRuntime {
+    /// `root` holds one directory per tenant (created as needed, mode 0700).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into(), tenants: Mutex::default() }
+    }
+
+    pub fn tenant_dir(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+        move |source| RuntimeError::StateDir { path: path.to_path_buf(), source }
+    }
+
+    /// The tenant's ports: allocated on first use, then read back from `ports.json` so that a
+    /// controller restart keeps every endpoint where it was.
+    pub fn ports(&self, key: &str) -> Result<TenantPorts, RuntimeError> {
+        let dir = self.tenant_dir(key);
+        create_private_dir(&dir).map_err(Self::io_err(&dir))?;
+        let path = dir.join("ports.json");
+        if let Ok(bytes) = std::fs::read(&path)
+            && let Ok(ports) = serde_json::from_slice::<TenantPorts>(&bytes)
+        {
+            return Ok(ports);
+        }
+        let [kine, apiserver, controller_manager] = free_ports::<3>().map_err(RuntimeError::Ports)?;
+        let ports = TenantPorts { kine, apiserver, controller_manager };
+        write_private_file(&path, &serde_json::to_vec(&ports).expect("ports serialize")).map_err(Self::io_err(&path))?;
+        Ok(ports)
+    }
+
+    /// Makes the tenant's processes run `bundle`: writes its files, then starts, adopts or
+    /// restarts processes as needed. Returns once supervisors are in place; readiness is the
+    /// caller's to check (through the tenant API server).
+    pub async fn ensure(&self, key: &str, bundle: &ControlPlaneBundle) -> Result<(), RuntimeError> {
+        let fingerprint = bundle.fingerprint();
+        let previous = {
+            let mut tenants = self.tenants.lock().expect("runtime lock");
+            match tenants.get(key) {
+                Some(t) if t.fingerprint == fingerprint && t.supervisors.iter().all(|s| !s.is_finished()) => return Ok(()),
+                _ => tenants.remove(key),
+            }
+        };
+        if let Some(old) = previous {
+            info!(tenant = key, "tenant files or flags changed: restarting its processes");
+            stop_supervisors(old).await;
+        }
+        let dir = self.tenant_dir(key);
+        create_private_dir(&dir).map_err(Self::io_err(&dir))?;
+        for (rel, data) in &bundle.files {
+            let path = dir.join(rel);
+            if let Some(parent) = path.parent() {
+                create_private_dir(parent).map_err(Self::io_err(parent))?;
+            }
+            if std::fs::read(&path).ok().as_deref() != Some(data.as_slice()) {
+                write_private_file(&path, data).map_err(Self::io_err(&path))?;
+            }
+        }
+        for sub in ["kine", "logs"] {
+            let p = dir.join(sub);
+            create_private_dir(&p).map_err(Self::io_err(&p))?;
+        }
+        let fingerprint_path = dir.join("fingerprint");
+        let adoptable = std::fs::read_to_string(&fingerprint_path).ok().as_deref() == Some(fingerprint.as_str());
+        write_private_file(&fingerprint_path, fingerprint.as_bytes()).map_err(Self::io_err(&fingerprint_path))?;
+
+        let (stop, stop_rx) = watch::channel(false);
+        let supervisors = bundle
+            .processes
+            .iter()
+            .map(|spec| tokio::spawn(supervise(key.to_string(), spec.clone(), dir.clone(), adoptable, stop_rx.clone())))
+            .collect();
+        self.tenants
+            .lock()
+            .expect("runtime lock")
+            .insert(key.to_string(), TenantProcesses { fingerprint, stop, supervisors });
+        Ok(())
+    }
+
+    /// The pids of a tenant's running processes, by process name (for metering and tests).
+    pub fn pids(&self, key: &str) -> Vec<(String, u32)> {
+        let dir = self.tenant_dir(key);
+        let Ok(entries) = std::fs::read_dir(&dir) else { return vec![] };
+        let mut pids: Vec<_> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().strip_suffix(".pid")?.to_string();
+                let pid = std::fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
+                is_alive(pid).then_some((name, pid))
+            })
+            .collect();
+        pids.sort();
+        pids
+    }
+
+    /// Stops the tenant's processes (also ones a previous controller started) and removes its
+    /// state dir. Safe to call again after a crash half way.
+    pub async fn remove(&self, key: &str) -> Result<(), RuntimeError> {
+        self.stop(key).await;
+        let dir = self.tenant_dir(key);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::StateDir { path: dir, source: e }),
+        }
+    }
+
+    /// Stops the tenant's processes, keeping its state (hibernation, shutdown of `hostplane up`).
+    pub async fn stop(&self, key: &str) {
+        let supervised = self.tenants.lock().expect("runtime lock").remove(key);
+        if let Some(t) = supervised {
+            stop_supervisors(t).await;
+        }
+        // Processes a previous controller started and this one never adopted.
+        for (_, pid) in self.pids(key) {
+            terminate_pid(pid).await;
+        }
+    }
+
+    /// Forgets every supervised process without stopping it: what a crashed controller leaves.
+    #[cfg(test)]
+    fn abandon(&self) {
+        for (_, t) in self.tenants.lock().expect("runtime lock").drain() {
+            t.supervisors.iter().for_each(JoinHandle::abort);
+        }
+    }
+
+    /// Stops every tenant this runtime supervises, keeping their state.
+    pub async fn stop_all(&self) {
+        let keys: Vec<String> = self.tenants.lock().expect("runtime lock").keys().cloned().collect();
+        for key in keys {
+            self.stop(&key).await;
+        }
+    }
+}
+
+async fn stop_supervisors(t: TenantProcesses) {
+    let _ = t.stop.send(true);
+    for s in t.supervisors {
+        let _ = s.await;
+    }
+}
+
+enum Running {
+    Own(Child),
+    Adopted(u32),
+}
+
+/// Keeps one process running until told to stop.
+async fn supervise(tenant: String, spec: ProcessSpec, dir: PathBuf, adoptable: bool, mut stop: watch::Receiver<bool>) {
+    let pidfile = dir.join(format!("{}.pid", spec.name));
+    let mut current = match read_pid(&pidfile) {
+        Some(pid) if is_alive(pid) && adoptable && argv_matches(pid, &spec) => {
+            info!(%tenant, process = spec.name, pid, "adopted running process");
+            Some(Running::Adopted(pid))
+        }
+        Some(pid) if is_alive(pid) && argv_matches(pid, &spec) => {
+            // Same argv but other files: it must restart to read them.
+            terminate_pid(pid).await;
+            None
+        }
+        _ => None,
+    };
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        match current.take() {
+            None => match spawn(&spec, &dir) {
+                Ok(child) => {
+                    let pid = child.id().unwrap_or_default();
+                    let _ = write_private_file(&pidfile, pid.to_string().as_bytes());
+                    info!(%tenant, process = spec.name, pid, "started");
+                    current = Some(Running::Own(child));
+                }
+                Err(e) => {
+                    warn!(%tenant, process = spec.name, error = %e, "cannot start; retrying in {backoff:?}");
+                    if wait_or_stop(&mut stop, backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            },
+            Some(Running::Own(mut child)) => {
+                let started = Instant::now();
+                tokio::select! {
+                    status = child.wait() => {
+                        let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                        if started.elapsed() > HEALTHY_RUN {
+                            backoff = Duration::from_secs(1);
+                        }
+                        warn!(%tenant, process = spec.name, %status, "exited; restarting in {backoff:?}");
+                        if wait_or_stop(&mut stop, backoff).await {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                    _ = stop.changed() => {
+                        terminate_child(&mut child).await;
+                        break;
+                    }
+                }
+            }
+            Some(Running::Adopted(pid)) => {
+                if !is_alive(pid) {
+                    warn!(%tenant, process = spec.name, pid, "adopted process is gone; starting it again");
+                    continue;
+                }
+                current = Some(Running::Adopted(pid));
+                if wait_or_stop(&mut stop, Duration::from_secs(1)).await {
+                    if let Some(Running::Adopted(pid)) = current.take() {
+                        terminate_pid(pid).await;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&pidfile);
+}
+
+/// Sleeps for `d`; true when told to stop meanwhile.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+fn spawn(spec: &ProcessSpec, dir: &Path) -> std::io::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.join("logs").join(format!("{}.log", spec.name)))?;
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Own process group: a Ctrl-C meant for the controller does not reach tenants, and a
+        // controller restart leaves them running to be adopted.
+        .process_group(0)
+        .kill_on_drop(false);
+    cmd.spawn()
+}
+
+async fn terminate_child(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(TERMINATE_GRACE, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+/// Stops a process that is not our child (adopted after a restart).
+async fn terminate_pid(pid: u32) {
+    let target = Pid::from_raw(pid as i32);
+    let _ = kill(target, Signal::SIGTERM);
+    let deadline = Instant::now() + TERMINATE_GRACE;
+    while is_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if is_alive(pid) {
+        let _ = kill(target, Signal::SIGKILL);
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Alive and not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may itself contain ") ".
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// True when the process runs exactly this program with exactly these arguments: a pid that
+/// was recycled for something else is never adopted.
+fn argv_matches(pid: u32, spec: &ProcessSpec) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let argv: Vec<&[u8]> = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+    let expected: Vec<Vec<u8>> = std::iter::once(spec.program.to_string_lossy().into_owned())
+        .chain(spec.args.iter().cloned())
+        .map(String::into_bytes)
+        .collect();
+    argv.len() == expected.len() && argv.iter().zip(&expected).all(|(a, b)| *a == b.as_slice())
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Writes through a temporary file and a rename, so a crash never leaves half a file, with
+/// mode 0600 (these are private keys and kubeconfigs).
+fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// N distinct free loopback ports, held open together so they differ from each other.
+fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+    let listeners = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    let mut ports = [0u16; N];
+    for (slot, l) in ports.iter_mut().zip(&listeners) {
+        *slot = l.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleeper(dir: &Path, seconds: &str) -> ControlPlaneBundle {
+        ControlPlaneBundle {
+            files: [(PathBuf::from("conf/x"), b"one".to_vec())].into_iter().collect(),
+            processes: vec![ProcessSpec {
+                name: "sleeper",
+                program: "/bin/sleep".into(),
+                args: vec![seconds.into()],
+                env: vec![("SECRET".into(), dir.display().to_string())],
+            }],
+        }
+    }
+
+    async fn pid_of(rt: &ProcessRuntime, key: &str) -> u32 {
+        for _ in 0..100 {
+            if let Some((_, pid)) = rt.pids(key).into_iter().next() {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no process for {key}");
+    }
+
+    #[tokio::test]
+    async fn restarts_a_killed_process_and_adopts_after_a_new_runtime() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(tmp.path());
+        let bundle = sleeper(tmp.path(), "300");
+        rt.ensure("t1", &bundle).await.unwrap();
+        let first = pid_of(&rt, "t1").await;
+        assert_eq!(std::fs::read(tmp.path().join("t1/conf/x")).unwrap(), b"one");
+        let mode = std::fs::metadata(tmp.path().join("t1/conf/x")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+        let mut second = first;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            second = rt.pids("t1").first().map(|p| p.1).unwrap_or(first);
+            if second != first {
+                break;
+            }
+        }
+        assert_ne!(first, second, "killed process was not restarted");
+
+        // A new runtime (a restarted controller) adopts instead of starting another copy.
+        let rt2 = ProcessRuntime::new(tmp.path());
+        rt.abandon();
+        rt2.ensure("t1", &bundle).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(rt2.pids("t1"), vec![("sleeper".to_string(), second)]);
+
+        rt2.remove("t1").await.unwrap();
+        assert!(!is_alive(second));
+        assert!(!tmp.path().join("t1").exists());
+    }
+
+    #[tokio::test]
+    async fn changed_files_restart_the_process() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(tmp.path());
+        let mut bundle = sleeper(tmp.path(), "300");
+        rt.ensure("t2", &bundle).await.unwrap();
+        let first = pid_of(&rt, "t2").await;
+        bundle.files.insert("conf/x".into(), b"two".to_vec());
+        rt.ensure("t2", &bundle).await.unwrap();
+        let second = pid_of(&rt, "t2").await;
+        assert_ne!(first, second);
+        assert!(!is_alive(first));
+        rt.remove("t2").await.unwrap();
+    }
+
+    #[test]
+    fn ports_are_allocated_once_and_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(tmp.path());
+        let a = rt.ports("t3").unwrap();
+        assert_eq!(ProcessRuntime::new(tmp.path()).ports("t3").unwrap(), a);
+        assert!(a.kine != a.apiserver && a.apiserver != a.controller_manager);
+    }
+}
