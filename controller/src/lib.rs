@@ -4,7 +4,12 @@
 //! a module with its own error type, mapped to a condition reason and an Event.
 
 pub mod build;
+pub mod config;
+pub mod embedded;
 pub mod pki;
+pub mod provision;
+pub mod reconcile;
 pub mod runtime;
+pub mod status;
 pub mod upstream;
 pub mod validate;

@@ -31,7 +31,11 @@ pub enum PkiError {
 
 /// Returns the complete file set: everything in `existing` that is still good, plus what is
 /// missing or due. CAs and the service-account key are never replaced when present.
-pub fn ensure_pki(_existing: &PkiFiles, _req: &PkiRequest, _now: SystemTime) -> Result<PkiFiles, PkiError> {
+pub fn ensure_pki(
+    _existing: &PkiFiles,
+    _req: &PkiRequest,
+    _now: SystemTime,
+) -> Result<PkiFiles, PkiError> {
     todo!("implemented by the PKI work")
 }
 

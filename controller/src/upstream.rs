@@ -28,7 +28,10 @@ pub enum CatalogError {
     #[error("no Kubernetes binaries under {0}: run tools/upstream/build")]
     Empty(PathBuf),
     #[error("{component} is missing under {root}: run tools/upstream/build")]
-    Missing { component: &'static str, root: PathBuf },
+    Missing {
+        component: &'static str,
+        root: PathBuf,
+    },
 }
 
 /// The default location of `tools/upstream/build`'s cache.
@@ -50,26 +53,41 @@ impl UpstreamCatalog {
     /// kube-controller-manager, plus one kine and one etcd (the newest).
     pub fn scan(root: &Path) -> Result<Self, CatalogError> {
         let mut versions: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for entry in std::fs::read_dir(root).map_err(|_| CatalogError::Empty(root.to_path_buf()))?.flatten() {
+        for entry in std::fs::read_dir(root)
+            .map_err(|_| CatalogError::Empty(root.to_path_buf()))?
+            .flatten()
+        {
             let dir = entry.file_name().to_string_lossy().into_owned();
             if let Some((component, version)) = dir.rsplit_once('-')
                 && entry.path().join(component).is_file()
             {
-                versions.entry(component.to_string()).or_default().push(version.to_string());
+                versions
+                    .entry(component.to_string())
+                    .or_default()
+                    .push(version.to_string());
             }
         }
         let newest = |component: &'static str| -> Result<PathBuf, CatalogError> {
             versions
                 .get(component)
-                .and_then(|vs| vs.iter().filter_map(|v| parse_version(v).map(|p| (p, v))).max())
+                .and_then(|vs| {
+                    vs.iter()
+                        .filter_map(|v| parse_version(v).map(|p| (p, v)))
+                        .max()
+                })
                 .map(|(_, v)| root.join(format!("{component}-{v}")).join(component))
-                .ok_or(CatalogError::Missing { component, root: root.to_path_buf() })
+                .ok_or(CatalogError::Missing {
+                    component,
+                    root: root.to_path_buf(),
+                })
         };
         let kine = newest("kine")?;
         let etcd = newest("etcd")?;
         let mut releases = BTreeMap::new();
         for version in versions.get("kube-apiserver").into_iter().flatten() {
-            let Some((major, minor, patch)) = parse_version(version) else { continue };
+            let Some((major, minor, patch)) = parse_version(version) else {
+                continue;
+            };
             let path = |c: &str| root.join(format!("{c}-{version}")).join(c);
             if !path("kube-controller-manager").is_file() {
                 continue;
@@ -98,7 +116,10 @@ impl UpstreamCatalog {
 
     /// The minors available, oldest first ("1.36", "1.37").
     pub fn minors(&self) -> Vec<String> {
-        self.releases.keys().map(|(a, b)| format!("{a}.{b}")).collect()
+        self.releases
+            .keys()
+            .map(|(a, b)| format!("{a}.{b}"))
+            .collect()
     }
 
     /// The release for a minor such as "1.37", or the newest when `None`.
@@ -149,7 +170,10 @@ mod tests {
         assert_eq!(catalog.release(None).unwrap().version, "1.37.2");
         assert_eq!(catalog.release(Some("1.36")).unwrap().version, "1.36.3");
         assert_eq!(catalog.release(Some("1.35")), None);
-        assert_eq!(catalog.release(Some("1.37")).unwrap().kine, root.join("kine-0.17.5/kine"));
+        assert_eq!(
+            catalog.release(Some("1.37")).unwrap().kine,
+            root.join("kine-0.17.5/kine")
+        );
     }
 
     #[test]
@@ -157,6 +181,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         touch(tmp.path(), "kube-apiserver", "1.37.2");
         let err = UpstreamCatalog::scan(tmp.path()).unwrap_err();
-        assert_eq!(err.to_string(), format!("kine is missing under {}: run tools/upstream/build", tmp.path().display()));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "kine is missing under {}: run tools/upstream/build",
+                tmp.path().display()
+            )
+        );
     }
 }

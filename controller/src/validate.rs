@@ -53,7 +53,10 @@ pub enum ValidateError {
     #[error("backend {0} is not supported yet; supported backends: shared")]
     UnsupportedBackend(&'static str),
     #[error("Kubernetes version {requested} is not available on this host; available: {}", available.join(", "))]
-    UnknownVersion { requested: String, available: Vec<String> },
+    UnknownVersion {
+        requested: String,
+        available: Vec<String>,
+    },
     #[error("the ControlPlane has no name or uid yet")]
     Incomplete,
 }
@@ -143,16 +146,31 @@ mod tests {
 
     #[test]
     fn unknown_version_lists_the_available_ones() {
-        let spec = ControlPlaneSpec { version: Some("1.20".into()), ..Default::default() };
+        let spec = ControlPlaneSpec {
+            version: Some("1.20".into()),
+            ..Default::default()
+        };
         let err = validate(&cp(spec), &catalog()).unwrap_err();
         assert_eq!(err.reason(), "UnknownVersion");
-        assert_eq!(err.to_string(), "Kubernetes version 1.20 is not available on this host; available: 1.36, 1.37");
+        assert_eq!(
+            err.to_string(),
+            "Kubernetes version 1.20 is not available on this host; available: 1.36, 1.37"
+        );
     }
 
     #[test]
     fn unimplemented_types_are_reported_not_built() {
-        let spec = ControlPlaneSpec { type_: ControlPlaneType::Vcluster, ..Default::default() };
+        let spec = ControlPlaneSpec {
+            type_: ControlPlaneType::Vcluster,
+            ..Default::default()
+        };
         let err = validate(&cp(spec), &catalog()).unwrap_err();
-        assert_eq!((err.reason(), err.to_string()), ("UnsupportedType", "type vcluster is not supported yet; supported types: k8s".to_string()));
+        assert_eq!(
+            (err.reason(), err.to_string()),
+            (
+                "UnsupportedType",
+                "type vcluster is not supported yet; supported types: k8s".to_string()
+            )
+        );
     }
 }

@@ -16,7 +16,11 @@ use serde::{Deserialize, Serialize};
     category = "hostplane",
     derive = "PartialEq",
     doc = "Objects created for every ControlPlane that names this hook, rendered as Go templates.",
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PostCreateHookSpec {

@@ -15,7 +15,13 @@ pub enum Credential<'a> {
 }
 
 /// A single-context kubeconfig for `server`, trusting `ca_pem`.
-pub fn kubeconfig(context: &str, server: &str, ca_pem: &str, user: &str, credential: &Credential<'_>) -> Kubeconfig {
+pub fn kubeconfig(
+    context: &str,
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    credential: &Credential<'_>,
+) -> Kubeconfig {
     let user_entry = match credential {
         Credential::Token(token) => json!({ "token": token }),
         Credential::ClientCert { cert_pem, key_pem } => json!({
@@ -34,7 +40,8 @@ pub fn kubeconfig(context: &str, server: &str, ca_pem: &str, user: &str, credent
         "contexts": [{ "name": context, "context": { "cluster": context, "user": user } }],
         "current-context": context,
     });
-    serde_json::from_value(value).expect("the kubeconfig built here always matches kube's Kubeconfig type")
+    serde_json::from_value(value)
+        .expect("the kubeconfig built here always matches kube's Kubeconfig type")
 }
 
 /// The kubeconfig as YAML, the form kubectl and people read.
@@ -48,7 +55,13 @@ mod tests {
 
     #[test]
     fn token_kubeconfig_is_complete_yaml() {
-        let config = kubeconfig("acme", "https://127.0.0.1:7443", "CA", "acme-admin", &Credential::Token("t0k"));
+        let config = kubeconfig(
+            "acme",
+            "https://127.0.0.1:7443",
+            "CA",
+            "acme-admin",
+            &Credential::Token("t0k"),
+        );
         let yaml = to_yaml(&config);
         let parsed: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
         let expected: serde_yaml::Value = serde_yaml::from_str(
@@ -78,9 +91,26 @@ current-context: acme
 
     #[test]
     fn client_cert_kubeconfig_embeds_base64_pem() {
-        let config = kubeconfig("c", "https://h:1", "CA", "u", &Credential::ClientCert { cert_pem: "C", key_pem: "K" });
+        let config = kubeconfig(
+            "c",
+            "https://h:1",
+            "CA",
+            "u",
+            &Credential::ClientCert {
+                cert_pem: "C",
+                key_pem: "K",
+            },
+        );
         let user = config.auth_infos[0].auth_info.as_ref().unwrap();
         assert_eq!(user.client_certificate_data.as_deref(), Some("Qw=="));
-        assert_eq!(config.clusters[0].cluster.as_ref().unwrap().server.as_deref(), Some("https://h:1"));
+        assert_eq!(
+            config.clusters[0]
+                .cluster
+                .as_ref()
+                .unwrap()
+                .server
+                .as_deref(),
+            Some("https://h:1")
+        );
     }
 }

@@ -56,7 +56,10 @@ fn meta(plan: &TenantPlan, name: &str, namespace: Option<&str>) -> ObjectMeta {
 }
 
 pub fn system_namespace(plan: &TenantPlan) -> Namespace {
-    Namespace { metadata: meta(plan, &plan.namespace, None), ..Default::default() }
+    Namespace {
+        metadata: meta(plan, &plan.namespace, None),
+        ..Default::default()
+    }
 }
 
 fn secret(plan: &TenantPlan, name: &str, data: BTreeMap<String, Vec<u8>>) -> Secret {
@@ -69,20 +72,35 @@ fn secret(plan: &TenantPlan, name: &str, data: BTreeMap<String, Vec<u8>>) -> Sec
 }
 
 pub fn certs_secret(plan: &TenantPlan, pki: &BTreeMap<String, String>) -> Secret {
-    secret(plan, CERTS_SECRET, pki.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect())
+    secret(
+        plan,
+        CERTS_SECRET,
+        pki.iter()
+            .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+            .collect(),
+    )
 }
 
 pub fn datastore_secret(plan: &TenantPlan, password: &str, url: &str) -> Secret {
     secret(
         plan,
         DATASTORE_SECRET,
-        BTreeMap::from([("password".to_string(), password.into()), ("url".to_string(), url.into())]),
+        BTreeMap::from([
+            ("password".to_string(), password.into()),
+            ("url".to_string(), url.into()),
+        ]),
     )
 }
 
 /// The kubeconfig Secret; `kubeconfig` is for people outside the host, `kubeconfig-incluster`
 /// for workloads inside it (the same with the processes runtime, whose endpoint is loopback).
-pub fn kubeconfig_secret(plan: &TenantPlan, kubeconfig: &str, incluster: &str, issued_at: &str, expires_at: &str) -> Secret {
+pub fn kubeconfig_secret(
+    plan: &TenantPlan,
+    kubeconfig: &str,
+    incluster: &str,
+    issued_at: &str,
+    expires_at: &str,
+) -> Secret {
     let mut s = secret(
         plan,
         KUBECONFIG_SECRET,
@@ -153,7 +171,14 @@ mod tests {
 
     #[test]
     fn kubeconfig_secret_has_both_keys_and_token_times() {
-        let s = serde_json::to_value(kubeconfig_secret(&plan(), "K", "I", "2026-01-01T00:00:00Z", "2026-01-01T02:00:00Z")).unwrap();
+        let s = serde_json::to_value(kubeconfig_secret(
+            &plan(),
+            "K",
+            "I",
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T02:00:00Z",
+        ))
+        .unwrap();
         assert_eq!(
             s,
             serde_json::json!({

@@ -99,22 +99,43 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
         .collect();
 
     let apiserver_url = format!("https://127.0.0.1:{}", input.ports.apiserver);
-    let ca = input.pki.get("ca.crt").map(String::as_str).unwrap_or_default();
+    let ca = input
+        .pki
+        .get("ca.crt")
+        .map(String::as_str)
+        .unwrap_or_default();
     let kcm_config = kubeconfig::kubeconfig(
         input.name,
         &apiserver_url,
         ca,
         "system:kube-controller-manager",
         &Credential::ClientCert {
-            cert_pem: input.pki.get("controller-manager.crt").map(String::as_str).unwrap_or_default(),
-            key_pem: input.pki.get("controller-manager.key").map(String::as_str).unwrap_or_default(),
+            cert_pem: input
+                .pki
+                .get("controller-manager.crt")
+                .map(String::as_str)
+                .unwrap_or_default(),
+            key_pem: input
+                .pki
+                .get("controller-manager.key")
+                .map(String::as_str)
+                .unwrap_or_default(),
         },
     );
-    files.insert(PathBuf::from("controller-manager.conf"), kubeconfig::to_yaml(&kcm_config).into_bytes());
-    let kcm_conf = dir.join("controller-manager.conf").to_string_lossy().into_owned();
+    files.insert(
+        PathBuf::from("controller-manager.conf"),
+        kubeconfig::to_yaml(&kcm_config).into_bytes(),
+    );
+    let kcm_conf = dir
+        .join("controller-manager.conf")
+        .to_string_lossy()
+        .into_owned();
 
     let kine_endpoint = match input.store {
-        KineStore::Sqlite => format!("sqlite://{}?_journal=WAL&cache=shared&_busy_timeout=30000", dir.join("kine/state.db").display()),
+        KineStore::Sqlite => format!(
+            "sqlite://{}?_journal=WAL&cache=shared&_busy_timeout=30000",
+            dir.join("kine/state.db").display()
+        ),
         KineStore::Postgres { url } => url.clone(),
     };
     let kine = ProcessSpec {
@@ -139,8 +160,14 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
             format!("--tls-cert-file={}", pki("apiserver.crt")),
             format!("--tls-private-key-file={}", pki("apiserver.key")),
             format!("--client-ca-file={}", pki("ca.crt")),
-            format!("--kubelet-client-certificate={}", pki("apiserver-kubelet-client.crt")),
-            format!("--kubelet-client-key={}", pki("apiserver-kubelet-client.key")),
+            format!(
+                "--kubelet-client-certificate={}",
+                pki("apiserver-kubelet-client.crt")
+            ),
+            format!(
+                "--kubelet-client-key={}",
+                pki("apiserver-kubelet-client.key")
+            ),
             "--service-account-issuer=https://kubernetes.default.svc".into(),
             format!("--service-account-key-file={}", pki("sa.pub")),
             format!("--service-account-signing-key-file={}", pki("sa.key")),
@@ -149,7 +176,10 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
             "--enable-bootstrap-token-auth=true".into(),
             "--enable-admission-plugins=NodeRestriction".into(),
             "--allow-privileged=true".into(),
-            format!("--requestheader-client-ca-file={}", pki("front-proxy-ca.crt")),
+            format!(
+                "--requestheader-client-ca-file={}",
+                pki("front-proxy-ca.crt")
+            ),
             format!("--proxy-client-cert-file={}", pki("front-proxy-client.crt")),
             format!("--proxy-client-key-file={}", pki("front-proxy-client.key")),
             "--requestheader-allowed-names=front-proxy-client".into(),
@@ -189,7 +219,10 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
         env: vec![],
     };
 
-    ControlPlaneBundle { files, processes: vec![kine, apiserver, controller_manager] }
+    ControlPlaneBundle {
+        files,
+        processes: vec![kine, apiserver, controller_manager],
+    }
 }
 
 #[cfg(test)]
@@ -208,10 +241,16 @@ mod tests {
     }
 
     fn pki() -> PkiFiles {
-        ["ca.crt", "ca.key", "controller-manager.crt", "controller-manager.key", "sa.key"]
-            .iter()
-            .map(|f| (f.to_string(), format!("PEM of {f}")))
-            .collect()
+        [
+            "ca.crt",
+            "ca.key",
+            "controller-manager.crt",
+            "controller-manager.key",
+            "sa.key",
+        ]
+        .iter()
+        .map(|f| (f.to_string(), format!("PEM of {f}")))
+        .collect()
     }
 
     fn bundle(store: &KineStore) -> ControlPlaneBundle {
@@ -219,7 +258,11 @@ mod tests {
             name: "acme",
             dir: Path::new("/state/acme-1"),
             release: &release(),
-            ports: TenantPorts { kine: 20001, apiserver: 20002, controller_manager: 20003 },
+            ports: TenantPorts {
+                kine: 20001,
+                apiserver: 20002,
+                controller_manager: 20003,
+            },
             pki: &pki(),
             store,
         })
@@ -227,18 +270,35 @@ mod tests {
 
     #[test]
     fn postgres_dsn_goes_to_kine_by_environment_not_argv() {
-        let b = bundle(&KineStore::Postgres { url: "postgres://hp_x:secret@127.0.0.1:5432/hp_x".into() });
+        let b = bundle(&KineStore::Postgres {
+            url: "postgres://hp_x:secret@127.0.0.1:5432/hp_x".into(),
+        });
         let kine = &b.processes[0];
         assert_eq!(
-            (kine.name, kine.program.clone(), kine.args.clone(), kine.env.clone()),
+            (
+                kine.name,
+                kine.program.clone(),
+                kine.args.clone(),
+                kine.env.clone()
+            ),
             (
                 "kine",
                 PathBuf::from("/bin/kine"),
-                vec!["--listen-address=127.0.0.1:20001".to_string(), "--metrics-bind-address=0".to_string()],
-                vec![("KINE_ENDPOINT".to_string(), "postgres://hp_x:secret@127.0.0.1:5432/hp_x".to_string())]
+                vec![
+                    "--listen-address=127.0.0.1:20001".to_string(),
+                    "--metrics-bind-address=0".to_string()
+                ],
+                vec![(
+                    "KINE_ENDPOINT".to_string(),
+                    "postgres://hp_x:secret@127.0.0.1:5432/hp_x".to_string()
+                )]
             )
         );
-        assert!(b.processes.iter().all(|p| p.args.iter().all(|a| !a.contains("secret"))));
+        assert!(
+            b.processes
+                .iter()
+                .all(|p| p.args.iter().all(|a| !a.contains("secret")))
+        );
     }
 
     #[test]
@@ -268,7 +328,10 @@ mod tests {
             "--enable-bootstrap-token-auth=true",
             "--requestheader-client-ca-file=/state/acme-1/pki/front-proxy-ca.crt",
         ] {
-            assert!(api.contains(&expected.to_string()), "apiserver lacks {expected}: {api:?}");
+            assert!(
+                api.contains(&expected.to_string()),
+                "apiserver lacks {expected}: {api:?}"
+            );
         }
         let kcm = &b.processes[2].args;
         for expected in [
@@ -278,14 +341,21 @@ mod tests {
             "--controllers=*,bootstrapsigner,tokencleaner",
             "--secure-port=20003",
         ] {
-            assert!(kcm.contains(&expected.to_string()), "controller-manager lacks {expected}: {kcm:?}");
+            assert!(
+                kcm.contains(&expected.to_string()),
+                "controller-manager lacks {expected}: {kcm:?}"
+            );
         }
     }
 
     #[test]
     fn files_are_the_pki_and_the_controller_manager_kubeconfig() {
         let b = bundle(&KineStore::Sqlite);
-        let names: Vec<_> = b.files.keys().map(|p| p.to_string_lossy().into_owned()).collect();
+        let names: Vec<_> = b
+            .files
+            .keys()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(
             names,
             [
@@ -297,8 +367,12 @@ mod tests {
                 "pki/sa.key"
             ]
         );
-        let conf: serde_yaml::Value = serde_yaml::from_slice(&b.files[Path::new("controller-manager.conf")]).unwrap();
-        assert_eq!(conf["clusters"][0]["cluster"]["server"], "https://127.0.0.1:20002");
+        let conf: serde_yaml::Value =
+            serde_yaml::from_slice(&b.files[Path::new("controller-manager.conf")]).unwrap();
+        assert_eq!(
+            conf["clusters"][0]["cluster"]["server"],
+            "https://127.0.0.1:20002"
+        );
         assert_eq!(conf["users"][0]["name"], "system:kube-controller-manager");
     }
 
@@ -309,7 +383,9 @@ mod tests {
         let mut b = a.clone();
         b.files.insert("pki/ca.crt".into(), b"rotated".to_vec());
         assert_ne!(a.fingerprint(), b.fingerprint());
-        let c = bundle(&KineStore::Postgres { url: "postgres://x".into() });
+        let c = bundle(&KineStore::Postgres {
+            url: "postgres://x".into(),
+        });
         assert_ne!(a.fingerprint(), c.fingerprint());
     }
 }

@@ -27,7 +27,10 @@ use crate::build::processes::{ControlPlaneBundle, ProcessSpec, TenantPorts};
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("tenant state dir {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("allocating loopback ports: {0}")]
     Ports(std::io::Error),
 }
@@ -53,7 +56,10 @@ pub struct ProcessRuntime {
 impl ProcessRuntime {
     /// `root` holds one directory per tenant (created as needed, mode 0700).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), tenants: Mutex::default() }
+        Self {
+            root: root.into(),
+            tenants: Mutex::default(),
+        }
     }
 
     pub fn tenant_dir(&self, key: &str) -> PathBuf {
@@ -61,7 +67,10 @@ impl ProcessRuntime {
     }
 
     fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
-        move |source| RuntimeError::StateDir { path: path.to_path_buf(), source }
+        move |source| RuntimeError::StateDir {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     /// The tenant's ports: allocated on first use, then read back from `ports.json` so that a
@@ -75,9 +84,15 @@ impl ProcessRuntime {
         {
             return Ok(ports);
         }
-        let [kine, apiserver, controller_manager] = free_ports::<3>().map_err(RuntimeError::Ports)?;
-        let ports = TenantPorts { kine, apiserver, controller_manager };
-        write_private_file(&path, &serde_json::to_vec(&ports).expect("ports serialize")).map_err(Self::io_err(&path))?;
+        let [kine, apiserver, controller_manager] =
+            free_ports::<3>().map_err(RuntimeError::Ports)?;
+        let ports = TenantPorts {
+            kine,
+            apiserver,
+            controller_manager,
+        };
+        write_private_file(&path, &serde_json::to_vec(&ports).expect("ports serialize"))
+            .map_err(Self::io_err(&path))?;
         Ok(ports)
     }
 
@@ -89,12 +104,20 @@ impl ProcessRuntime {
         let previous = {
             let mut tenants = self.tenants.lock().expect("runtime lock");
             match tenants.get(key) {
-                Some(t) if t.fingerprint == fingerprint && t.supervisors.iter().all(|s| !s.is_finished()) => return Ok(()),
+                Some(t)
+                    if t.fingerprint == fingerprint
+                        && t.supervisors.iter().all(|s| !s.is_finished()) =>
+                {
+                    return Ok(());
+                }
                 _ => tenants.remove(key),
             }
         };
         if let Some(old) = previous {
-            info!(tenant = key, "tenant files or flags changed: restarting its processes");
+            info!(
+                tenant = key,
+                "tenant files or flags changed: restarting its processes"
+            );
             stop_supervisors(old).await;
         }
         let dir = self.tenant_dir(key);
@@ -113,31 +136,55 @@ impl ProcessRuntime {
             create_private_dir(&p).map_err(Self::io_err(&p))?;
         }
         let fingerprint_path = dir.join("fingerprint");
-        let adoptable = std::fs::read_to_string(&fingerprint_path).ok().as_deref() == Some(fingerprint.as_str());
-        write_private_file(&fingerprint_path, fingerprint.as_bytes()).map_err(Self::io_err(&fingerprint_path))?;
+        let adoptable = std::fs::read_to_string(&fingerprint_path).ok().as_deref()
+            == Some(fingerprint.as_str());
+        write_private_file(&fingerprint_path, fingerprint.as_bytes())
+            .map_err(Self::io_err(&fingerprint_path))?;
 
         let (stop, stop_rx) = watch::channel(false);
         let supervisors = bundle
             .processes
             .iter()
-            .map(|spec| tokio::spawn(supervise(key.to_string(), spec.clone(), dir.clone(), adoptable, stop_rx.clone())))
+            .map(|spec| {
+                tokio::spawn(supervise(
+                    key.to_string(),
+                    spec.clone(),
+                    dir.clone(),
+                    adoptable,
+                    stop_rx.clone(),
+                ))
+            })
             .collect();
-        self.tenants
-            .lock()
-            .expect("runtime lock")
-            .insert(key.to_string(), TenantProcesses { fingerprint, stop, supervisors });
+        self.tenants.lock().expect("runtime lock").insert(
+            key.to_string(),
+            TenantProcesses {
+                fingerprint,
+                stop,
+                supervisors,
+            },
+        );
         Ok(())
     }
 
     /// The pids of a tenant's running processes, by process name (for metering and tests).
     pub fn pids(&self, key: &str) -> Vec<(String, u32)> {
         let dir = self.tenant_dir(key);
-        let Ok(entries) = std::fs::read_dir(&dir) else { return vec![] };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return vec![];
+        };
         let mut pids: Vec<_> = entries
             .flatten()
             .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().strip_suffix(".pid")?.to_string();
-                let pid = std::fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
+                let name = e
+                    .file_name()
+                    .to_string_lossy()
+                    .strip_suffix(".pid")?
+                    .to_string();
+                let pid = std::fs::read_to_string(e.path())
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()?;
                 is_alive(pid).then_some((name, pid))
             })
             .collect();
@@ -153,7 +200,10 @@ impl ProcessRuntime {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(RuntimeError::StateDir { path: dir, source: e }),
+            Err(e) => Err(RuntimeError::StateDir {
+                path: dir,
+                source: e,
+            }),
         }
     }
 
@@ -179,7 +229,13 @@ impl ProcessRuntime {
 
     /// Stops every tenant this runtime supervises, keeping their state.
     pub async fn stop_all(&self) {
-        let keys: Vec<String> = self.tenants.lock().expect("runtime lock").keys().cloned().collect();
+        let keys: Vec<String> = self
+            .tenants
+            .lock()
+            .expect("runtime lock")
+            .keys()
+            .cloned()
+            .collect();
         for key in keys {
             self.stop(&key).await;
         }
@@ -199,7 +255,13 @@ enum Running {
 }
 
 /// Keeps one process running until told to stop.
-async fn supervise(tenant: String, spec: ProcessSpec, dir: PathBuf, adoptable: bool, mut stop: watch::Receiver<bool>) {
+async fn supervise(
+    tenant: String,
+    spec: ProcessSpec,
+    dir: PathBuf,
+    adoptable: bool,
+    mut stop: watch::Receiver<bool>,
+) {
     let pidfile = dir.join(format!("{}.pid", spec.name));
     let mut current = match read_pid(&pidfile) {
         Some(pid) if is_alive(pid) && adoptable && argv_matches(pid, &spec) => {
@@ -304,7 +366,10 @@ async fn terminate_child(child: &mut Child) {
     if let Some(pid) = child.id() {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
     }
-    if tokio::time::timeout(TERMINATE_GRACE, child.wait()).await.is_err() {
+    if tokio::time::timeout(TERMINATE_GRACE, child.wait())
+        .await
+        .is_err()
+    {
         let _ = child.kill().await;
     }
 }
@@ -330,7 +395,9 @@ fn read_pid(path: &Path) -> Option<u32> {
 pub fn is_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may itself contain ") ".
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -338,7 +405,9 @@ pub fn is_alive(pid: u32) -> bool {
 /// True when the process runs exactly this program with exactly these arguments: a pid that
 /// was recycled for something else is never adopted.
 fn argv_matches(pid: u32, spec: &ProcessSpec) -> bool {
-    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
     let argv: Vec<&[u8]> = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
     let expected: Vec<Vec<u8>> = std::iter::once(spec.program.to_string_lossy().into_owned())
         .chain(spec.args.iter().cloned())
@@ -356,7 +425,12 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// mode 0600 (these are private keys and kubeconfigs).
 fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
@@ -364,7 +438,9 @@ fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// N distinct free loopback ports, held open together so they differ from each other.
 fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
-    let listeners = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    let listeners = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut ports = [0u16; N];
     for (slot, l) in ports.iter_mut().zip(&listeners) {
         *slot = l.local_addr()?.port();
@@ -378,7 +454,9 @@ mod tests {
 
     fn sleeper(dir: &Path, seconds: &str) -> ControlPlaneBundle {
         ControlPlaneBundle {
-            files: [(PathBuf::from("conf/x"), b"one".to_vec())].into_iter().collect(),
+            files: [(PathBuf::from("conf/x"), b"one".to_vec())]
+                .into_iter()
+                .collect(),
             processes: vec![ProcessSpec {
                 name: "sleeper",
                 program: "/bin/sleep".into(),
@@ -406,7 +484,10 @@ mod tests {
         rt.ensure("t1", &bundle).await.unwrap();
         let first = pid_of(&rt, "t1").await;
         assert_eq!(std::fs::read(tmp.path().join("t1/conf/x")).unwrap(), b"one");
-        let mode = std::fs::metadata(tmp.path().join("t1/conf/x")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(tmp.path().join("t1/conf/x"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
 
         kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();

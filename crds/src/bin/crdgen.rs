@@ -22,7 +22,10 @@ fn main() -> ExitCode {
             continue;
         }
         if check {
-            eprintln!("{} differs from the types: run `cargo run -p hostplane-crds --bin crdgen`", path.display());
+            eprintln!(
+                "{} differs from the types: run `cargo run -p hostplane-crds --bin crdgen`",
+                path.display()
+            );
             stale = true;
         } else if let Err(e) = std::fs::write(&path, &yaml) {
             eprintln!("cannot write {}: {e}", path.display());
@@ -31,5 +34,9 @@ fn main() -> ExitCode {
             eprintln!("wrote {}", path.display());
         }
     }
-    if stale { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if stale {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -1,0 +1,94 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use hostplane_controller::config::ControllerConfig;
+use hostplane_controller::reconcile::{self, Context};
+use hostplane_controller::upstream::default_upstream_root;
+
+/// Settings shared by `controller` and `up`.
+#[derive(Args, Debug, Clone)]
+pub struct ControllerOptions {
+    /// Directory for tenant state (processes runtime: one directory per tenant).
+    #[arg(long, env = "HOSTPLANE_STATE_DIR", default_value_os_t = default_state_dir())]
+    pub state_dir: PathBuf,
+    /// Where tools/upstream/build put the upstream binaries (default ~/.cache/hostplane/bin).
+    #[arg(long, env = "HOSTPLANE_UPSTREAM_BIN")]
+    pub upstream_bin_dir: Option<PathBuf>,
+    /// Admin DSN of the shared Postgres (`host=... user=... password=...` or `postgres://...`).
+    /// Without it, tenants keep their state in Kine on SQLite.
+    #[arg(long, env = "HOSTPLANE_POSTGRES_DSN", hide_env_values = true)]
+    pub postgres_dsn: Option<String>,
+    /// Replace a handed-out token after this fraction of its life.
+    #[arg(long, env = "HOSTPLANE_TOKEN_RENEW_FRACTION", default_value_t = 0.8)]
+    pub token_renew_fraction: f64,
+    /// Reconcile every ControlPlane at least this often, in seconds (drift repair).
+    #[arg(long, env = "HOSTPLANE_RESYNC_SECONDS", default_value_t = 300)]
+    pub resync_seconds: u64,
+    /// Lifetime of tenant leaf certificates, in seconds (CAs live ten years).
+    #[arg(long, env = "HOSTPLANE_LEAF_CERT_SECONDS", default_value_t = 365 * 24 * 3600)]
+    pub leaf_cert_seconds: u64,
+    /// ControlPlanes reconciled at once.
+    #[arg(long, env = "HOSTPLANE_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+}
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub options: ControllerOptions,
+}
+
+pub fn default_state_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/hostplane"),
+        None => PathBuf::from("/var/lib/hostplane"),
+    }
+}
+
+impl ControllerOptions {
+    pub fn config(&self) -> anyhow::Result<ControllerConfig> {
+        anyhow::ensure!(
+            self.token_renew_fraction > 0.0 && self.token_renew_fraction < 1.0,
+            "--token-renew-fraction must be between 0 and 1"
+        );
+        let mut config = ControllerConfig::new(
+            self.state_dir.clone(),
+            self.upstream_bin_dir
+                .clone()
+                .unwrap_or_else(default_upstream_root),
+        );
+        config.postgres_dsn = self.postgres_dsn.clone();
+        config.token_renew_fraction = self.token_renew_fraction;
+        config.resync = Duration::from_secs(self.resync_seconds.max(1));
+        config.leaf_validity = Duration::from_secs(self.leaf_cert_seconds.max(60));
+        config.concurrency = self.concurrency.max(1);
+        Ok(config)
+    }
+}
+
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let config = args.options.config()?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the host cluster (KUBECONFIG)")?;
+    let ctx = Arc::new(
+        Context::new(client, config)
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("controller configuration")?,
+    );
+    // Tenant processes keep running when the controller stops: the next controller adopts them.
+    reconcile::run(ctx, shutdown_signal()).await;
+    Ok(())
+}

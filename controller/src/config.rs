@@ -1,0 +1,37 @@
+//! Controller configuration, parsed once by the binary and passed down.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// Root of the processes runtime: one directory per tenant.
+    pub state_dir: PathBuf,
+    /// Where `tools/upstream/build` put the upstream binaries.
+    pub upstream_root: PathBuf,
+    /// Admin DSN of the shared Postgres; without it tenants use Kine on SQLite (embedded default).
+    pub postgres_dsn: Option<String>,
+    /// Fraction of a handed-out token's life after which it is replaced (0.8 = at 80%).
+    pub token_renew_fraction: f64,
+    /// Every ControlPlane is reconciled at least this often (drift repair).
+    pub resync: Duration,
+    pub ca_validity: Duration,
+    pub leaf_validity: Duration,
+    /// ControlPlanes reconciled at once.
+    pub concurrency: u16,
+}
+
+impl ControllerConfig {
+    pub fn new(state_dir: PathBuf, upstream_root: PathBuf) -> Self {
+        Self {
+            state_dir,
+            upstream_root,
+            postgres_dsn: None,
+            token_renew_fraction: 0.8,
+            resync: Duration::from_secs(300),
+            ca_validity: Duration::from_secs(10 * 365 * 24 * 3600),
+            leaf_validity: Duration::from_secs(365 * 24 * 3600),
+            concurrency: 8,
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! The reconcile pass: fetch → validate → build → provision → apply → status, wrapped by kube's
+//! finalizer helper so that creation/repair and teardown are separate branches.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use hostplane_crds::{ControlPlane, ControlPlaneStatus, DatastoreStatus, SecretReference};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::build::kubeconfig::{self, Credential};
+use crate::build::objects::{
+    self, CERTS_SECRET, DATASTORE_SECRET, KUBECONFIG_INCLUSTER_KEY, KUBECONFIG_KEY,
+    KUBECONFIG_SECRET,
+};
+use crate::build::processes::{BundleInput, KineStore, control_plane_bundle};
+use crate::config::ControllerConfig;
+use crate::pki::{self, PkiError, PkiRequest};
+use crate::provision::postgres::{self, PostgresError, SharedPostgres};
+use crate::provision::tenant_access::{self, TenantAccessError};
+use crate::runtime::processes::{ProcessRuntime, RuntimeError};
+use crate::status::{self, ConditionState, READY, SYNCED, reason};
+use crate::upstream::UpstreamCatalog;
+use crate::validate::{
+    self, TenantPlan, ValidateError, database_name_for_uid, system_namespace, tenant_key,
+};
+
+pub const FINALIZER: &str = "tenancy.hostplane.io/cleanup";
+
+/// Field managers, one per call site, so server-side apply never drops another site's fields.
+mod manager {
+    pub const NAMESPACE: &str = "hostplane-controller-namespace";
+    pub const SECRETS: &str = "hostplane-controller-secrets";
+    pub const STATUS: &str = "hostplane-controller-status";
+    pub const DATASTORE_STATUS: &str = "hostplane-controller-datastore";
+}
+
+/// Why a pass failed; the variant names the step, and becomes the condition reason and the
+/// Event reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Invalid(#[from] ValidateError),
+    #[error("reading {what}: {source}")]
+    Fetch { what: String, source: kube::Error },
+    #[error("shared Postgres is configured with a bad DSN: {0}")]
+    Config(PostgresError),
+    #[error("{0}")]
+    Datastore(#[from] PostgresError),
+    #[error("tenant certificates: {0}")]
+    Certificates(#[from] PkiError),
+    #[error("tenant processes: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("applying {what}: {source}")]
+    Apply { what: String, source: kube::Error },
+    #[error("{0}")]
+    TenantAccess(#[from] TenantAccessError),
+    #[error("deleting {what}: {detail}")]
+    Cleanup { what: String, detail: String },
+}
+
+impl ReconcileError {
+    /// The reason users see in conditions and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid(e) => e.reason(),
+            Self::Fetch { .. } => "FetchFailed",
+            Self::Config(_) => "InvalidConfiguration",
+            Self::Datastore(_) => "DatastoreUnavailable",
+            Self::Certificates(_) => "CertificatesFailed",
+            Self::Runtime(_) => "RuntimeFailed",
+            Self::Apply { .. } => "ApplyFailed",
+            Self::TenantAccess(_) => "TenantAccessFailed",
+            Self::Cleanup { .. } => "CleanupFailed",
+        }
+    }
+}
+
+/// Everything a pass needs, shared by all passes.
+pub struct Context {
+    pub client: kube::Client,
+    pub config: ControllerConfig,
+    pub catalog: UpstreamCatalog,
+    pub runtime: ProcessRuntime,
+    pub postgres: Option<SharedPostgres>,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        config: ControllerConfig,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let catalog = UpstreamCatalog::scan(&config.upstream_root)?;
+        let postgres = config
+            .postgres_dsn
+            .as_deref()
+            .map(SharedPostgres::from_dsn)
+            .transpose()?;
+        let reporter = Reporter {
+            controller: "hostplane-controller".into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        };
+        Ok(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            runtime: ProcessRuntime::new(config.state_dir.join("tenants")),
+            client,
+            config,
+            catalog,
+            postgres,
+        })
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let cps = Api::<ControlPlane>::all(ctx.client.clone());
+    let owned = watcher::Config::default().labels(&format!(
+        "{}={}",
+        objects::MANAGED_BY_LABEL,
+        objects::MANAGED_BY
+    ));
+    info!(versions = ?ctx.catalog.minors(), shared_postgres = ctx.postgres.as_ref().map(|p| p.target()), "controller starting");
+    Controller::new(cps, watcher::Config::default())
+        .owns(Api::<Secret>::all(ctx.client.clone()), owned.clone())
+        .owns(Api::<Namespace>::all(ctx.client.clone()), owned)
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+#[instrument(skip(cp, ctx), fields(controlplane = %cp.name_any()))]
+async fn reconcile(
+    cp: Arc<ControlPlane>,
+    ctx: Arc<Context>,
+) -> Result<Action, finalizer::Error<ReconcileError>> {
+    let api = Api::<ControlPlane>::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, cp, |event| async {
+        match event {
+            finalizer::Event::Apply(cp) => apply_branch(&cp, &ctx).await,
+            finalizer::Event::Cleanup(cp) => cleanup_branch(&cp, &ctx).await,
+        }
+    })
+    .await
+}
+
+fn error_policy(
+    cp: Arc<ControlPlane>,
+    error: &finalizer::Error<ReconcileError>,
+    _ctx: Arc<Context>,
+) -> Action {
+    warn!(controlplane = %cp.name_any(), %error, "pass failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn publish(ctx: &Context, cp: &ControlPlane, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &cp.object_ref(&())).await {
+        warn!(error = %e, "cannot publish Event");
+    }
+}
+
+/// Creates or repairs the tenant, then reports. Errors are written to status before returning.
+async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, ReconcileError> {
+    let plan = match validate::validate(cp, &ctx.catalog) {
+        Ok(plan) => plan,
+        Err(e) => {
+            // A spec we cannot build: say so and wait for it to change (no hot retry loop).
+            let ready = ConditionState::new(false, e.reason(), e.to_string());
+            let synced = ConditionState::new(false, reason::RECONCILE_ERROR, e.to_string());
+            write_status(ctx, cp, ready, synced, None).await?;
+            publish(ctx, cp, EventType::Warning, e.reason(), e.to_string()).await;
+            return Ok(Action::await_change());
+        }
+    };
+    match provision_tenant(cp, &plan, ctx).await {
+        Ok(Progress::Ready(report)) => {
+            let was_ready = cp
+                .status
+                .as_ref()
+                .is_some_and(|s| status::is_ready(&s.conditions));
+            let ready = ConditionState::new(
+                true,
+                reason::AVAILABLE,
+                format!("tenant API server is ready at {}", report.endpoint),
+            );
+            let synced = ConditionState::new(true, reason::RECONCILE_SUCCESS, "");
+            write_status(ctx, cp, ready, synced, Some(&report)).await?;
+            if !was_ready {
+                publish(
+                    ctx,
+                    cp,
+                    EventType::Normal,
+                    reason::AVAILABLE,
+                    format!("tenant API server ready at {}", report.endpoint),
+                )
+                .await;
+            }
+            let until_renewal = report.renew_at.duration_since(Timestamp::now());
+            let requeue = until_renewal
+                .try_into()
+                .unwrap_or(Duration::from_secs(1))
+                .clamp(Duration::from_secs(1), ctx.config.resync);
+            Ok(Action::requeue(requeue))
+        }
+        Ok(Progress::Starting { endpoint, detail }) => {
+            let was_ready = cp
+                .status
+                .as_ref()
+                .is_some_and(|s| status::is_ready(&s.conditions));
+            let (why, message) = if was_ready {
+                (
+                    reason::UNAVAILABLE,
+                    format!("tenant API server at {endpoint} is not ready: {detail}"),
+                )
+            } else {
+                (
+                    reason::CREATING,
+                    format!("waiting for the tenant API server at {endpoint}: {detail}"),
+                )
+            };
+            let ready = ConditionState::new(false, why, message.clone());
+            write_status(
+                ctx,
+                cp,
+                ready,
+                ConditionState::new(true, reason::RECONCILE_SUCCESS, ""),
+                None,
+            )
+            .await?;
+            if was_ready {
+                publish(ctx, cp, EventType::Warning, why, message).await;
+            }
+            Ok(Action::requeue(Duration::from_secs(2)))
+        }
+        Err(e) => {
+            let ready = ConditionState::new(false, e.reason(), e.to_string());
+            let synced = ConditionState::new(false, reason::RECONCILE_ERROR, e.to_string());
+            if let Err(status_err) = write_status(ctx, cp, ready, synced, None).await {
+                warn!(error = %status_err, "cannot write status");
+            }
+            publish(ctx, cp, EventType::Warning, e.reason(), e.to_string()).await;
+            Err(e)
+        }
+    }
+}
+
+enum Progress {
+    /// Processes run but the API server does not answer /readyz yet.
+    Starting {
+        endpoint: String,
+        detail: String,
+    },
+    Ready(ReadyReport),
+}
+
+struct ReadyReport {
+    endpoint: String,
+    version: String,
+    renew_at: Timestamp,
+}
+
+async fn get_secret(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Secret>, ReconcileError> {
+    Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|source| ReconcileError::Fetch {
+            what: format!("Secret {namespace}/{name}"),
+            source,
+        })
+}
+
+async fn apply_secret(ctx: &Context, secret: &Secret) -> Result<(), ReconcileError> {
+    let name = secret.name_any();
+    let ns = secret.namespace().unwrap_or_default();
+    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &name,
+            &PatchParams::apply(manager::SECRETS).force(),
+            &Patch::Apply(secret),
+        )
+        .await
+        .map_err(|source| ReconcileError::Apply {
+            what: format!("Secret {ns}/{name}"),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Provision and apply: everything up to a ready tenant with a fresh kubeconfig.
+async fn provision_tenant(
+    cp: &ControlPlane,
+    plan: &TenantPlan,
+    ctx: &Context,
+) -> Result<Progress, ReconcileError> {
+    // The namespace holding the tenant's Secrets.
+    Api::<Namespace>::all(ctx.client.clone())
+        .patch(
+            &plan.namespace,
+            &PatchParams::apply(manager::NAMESPACE).force(),
+            &Patch::Apply(objects::system_namespace(plan)),
+        )
+        .await
+        .map_err(|source| ReconcileError::Apply {
+            what: format!("Namespace {}", plan.namespace),
+            source,
+        })?;
+
+    let store = ensure_datastore(cp, plan, ctx).await?;
+
+    // Certificates: created if missing, leaves renewed when due, CAs never replaced.
+    let existing = get_secret(ctx, &plan.namespace, CERTS_SECRET)
+        .await?
+        .map(|s| objects::secret_strings(&s))
+        .unwrap_or_default();
+    let request = PkiRequest {
+        cluster_name: plan.name.clone(),
+        apiserver_sans: vec![
+            plan.name.clone(),
+            format!("{}.{}.svc", plan.name, plan.namespace),
+            format!("{}.{}.svc.cluster.local", plan.name, plan.namespace),
+        ],
+        ca_validity: ctx.config.ca_validity,
+        leaf_validity: ctx.config.leaf_validity,
+    };
+    let pki = pki::ensure_pki(&existing, &request, SystemTime::now())?;
+    if pki != existing {
+        // Stored before any process uses it: a crash here must not lose a CA in use.
+        apply_secret(ctx, &objects::certs_secret(plan, &pki)).await?;
+    }
+
+    let key = plan.key();
+    let ports = ctx.runtime.ports(&key)?;
+    let dir = ctx.runtime.tenant_dir(&key);
+    let bundle = control_plane_bundle(&BundleInput {
+        name: &plan.name,
+        dir: &dir,
+        release: &plan.release,
+        ports,
+        pki: &pki,
+        store: &store,
+    });
+    ctx.runtime.ensure(&key, &bundle).await?;
+
+    let endpoint = format!("https://127.0.0.1:{}", ports.apiserver);
+    let client = tenant_access::controller_client(&endpoint, &pki).await?;
+    if let Err(e) = tenant_access::check_ready(&client).await {
+        return Ok(Progress::Starting {
+            endpoint,
+            detail: e.to_string(),
+        });
+    }
+    tenant_access::ensure_admin_account(&client).await?;
+    let renew_at = ensure_kubeconfig(plan, ctx, &client, &endpoint, &pki).await?;
+    Ok(Progress::Ready(ReadyReport {
+        endpoint,
+        version: plan.release.version.clone(),
+        renew_at,
+    }))
+}
+
+/// The tenant's datastore: its own database and role on the shared Postgres, or SQLite.
+async fn ensure_datastore(
+    cp: &ControlPlane,
+    plan: &TenantPlan,
+    ctx: &Context,
+) -> Result<KineStore, ReconcileError> {
+    let Some(pg) = &ctx.postgres else {
+        record_datastore(
+            ctx,
+            cp,
+            DatastoreStatus {
+                kind: "sqlite".into(),
+                database: None,
+                role: None,
+            },
+        )
+        .await?;
+        return Ok(KineStore::Sqlite);
+    };
+    let database = plan.database_name();
+    // Recorded before the database exists, so a teardown after a crash knows what to drop.
+    record_datastore(
+        ctx,
+        cp,
+        DatastoreStatus {
+            kind: "postgres".into(),
+            database: Some(database.clone()),
+            role: Some(database.clone()),
+        },
+    )
+    .await?;
+    let stored = get_secret(ctx, &plan.namespace, DATASTORE_SECRET)
+        .await?
+        .map(|s| objects::secret_strings(&s));
+    let password = match stored.as_ref().and_then(|s| s.get("password")) {
+        Some(p) => p.clone(),
+        None => {
+            let password = postgres::new_password();
+            // Stored first: the role's password is then always recoverable.
+            apply_secret(
+                ctx,
+                &objects::datastore_secret(plan, &password, &pg.tenant_url(&database, &password)),
+            )
+            .await?;
+            password
+        }
+    };
+    let admin = pg.connect().await?;
+    postgres::ensure_database(&admin, &database, &password).await?;
+    let url = pg.tenant_url(&database, &password);
+    if stored.as_ref().and_then(|s| s.get("url")) != Some(&url) {
+        apply_secret(ctx, &objects::datastore_secret(plan, &password, &url)).await?;
+    }
+    Ok(KineStore::Postgres { url })
+}
+
+async fn record_datastore(
+    ctx: &Context,
+    cp: &ControlPlane,
+    datastore: DatastoreStatus,
+) -> Result<(), ReconcileError> {
+    if cp.status.as_ref().and_then(|s| s.datastore.as_ref()) == Some(&datastore) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "tenancy.hostplane.io/v1alpha1",
+        "kind": "ControlPlane",
+        "status": { "datastore": datastore },
+    });
+    Api::<ControlPlane>::all(ctx.client.clone())
+        .patch_status(
+            &cp.name_any(),
+            &PatchParams::apply(manager::DATASTORE_STATUS).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(|source| ReconcileError::Apply {
+            what: "status.datastore".into(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Mints a new token when the handed-out one is due, and returns when the next renewal is.
+async fn ensure_kubeconfig(
+    plan: &TenantPlan,
+    ctx: &Context,
+    tenant: &kube::Client,
+    endpoint: &str,
+    pki: &pki::PkiFiles,
+) -> Result<Timestamp, ReconcileError> {
+    let current = get_secret(ctx, &plan.namespace, KUBECONFIG_SECRET).await?;
+    let times = current.as_ref().and_then(|s| {
+        let a = s.metadata.annotations.as_ref()?;
+        let issued: Timestamp = a.get(objects::TOKEN_ISSUED_AT)?.parse().ok()?;
+        let expires: Timestamp = a.get(objects::TOKEN_EXPIRES_AT)?.parse().ok()?;
+        Some((issued, expires))
+    });
+    let server_matches = current.as_ref().is_some_and(|s| {
+        let data = objects::secret_strings(s);
+        data.get(KUBECONFIG_KEY)
+            .is_some_and(|k| k.contains(endpoint))
+            && data.contains_key(KUBECONFIG_INCLUSTER_KEY)
+    });
+    let fraction = ctx.config.token_renew_fraction;
+    if let Some((issued, expires)) = times
+        && server_matches
+        && !tenant_access::token_due(
+            issued,
+            expires,
+            plan.token_ttl_seconds,
+            fraction,
+            Timestamp::now(),
+        )
+    {
+        return Ok(tenant_access::renew_at(issued, expires, fraction));
+    }
+    let minted = tenant_access::mint_token(tenant, plan.token_ttl_seconds).await?;
+    let ca = pki.get("ca.crt").map(String::as_str).unwrap_or_default();
+    let user = format!("{}-admin", plan.name);
+    let config = kubeconfig::to_yaml(&kubeconfig::kubeconfig(
+        &plan.name,
+        endpoint,
+        ca,
+        &user,
+        &Credential::Token(&minted.token),
+    ));
+    let secret = objects::kubeconfig_secret(
+        plan,
+        &config,
+        &config,
+        &minted.issued_at.to_string(),
+        &minted.expires_at.to_string(),
+    );
+    apply_secret(ctx, &secret).await?;
+    info!(controlplane = %plan.name, expires_at = %minted.expires_at, "issued kubeconfig token");
+    Ok(tenant_access::renew_at(
+        minted.issued_at,
+        minted.expires_at,
+        fraction,
+    ))
+}
+
+async fn write_status(
+    ctx: &Context,
+    cp: &ControlPlane,
+    ready: ConditionState,
+    synced: ConditionState,
+    report: Option<&ReadyReport>,
+) -> Result<(), ReconcileError> {
+    let previous = cp.status.clone().unwrap_or_default();
+    let now = Time(Timestamp::now());
+    let conditions = status::merge_conditions(
+        &previous.conditions,
+        &[(READY, ready), (SYNCED, synced)],
+        &now,
+    );
+    let mut status = json!({
+        "conditions": conditions,
+        "observedGeneration": cp.metadata.generation.unwrap_or_default(),
+    });
+    // Once ready, endpoint, version and secretRef stay (an outage does not erase where it lives).
+    let endpoint = report
+        .map(|r| r.endpoint.clone())
+        .or(previous.endpoint.clone());
+    let version = report
+        .map(|r| r.version.clone())
+        .or(previous.version.clone());
+    if let Some(endpoint) = endpoint {
+        status["endpoint"] = json!(endpoint);
+    }
+    if let Some(version) = version {
+        status["version"] = json!(version);
+    }
+    if report.is_some() || previous.secret_ref.is_some() {
+        status["secretRef"] = json!(SecretReference {
+            name: KUBECONFIG_SECRET.into(),
+            namespace: system_namespace(&cp.name_any()),
+            key: KUBECONFIG_KEY.into(),
+            in_cluster_key: KUBECONFIG_INCLUSTER_KEY.into(),
+        });
+    }
+    let patch = json!({ "apiVersion": "tenancy.hostplane.io/v1alpha1", "kind": "ControlPlane", "status": status });
+    Api::<ControlPlane>::all(ctx.client.clone())
+        .patch_status(
+            &cp.name_any(),
+            &PatchParams::apply(manager::STATUS).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(|source| ReconcileError::Apply {
+            what: "status".into(),
+            source,
+        })?;
+    Ok(())
+}
+
+/// Tears the tenant down: processes and state dir, database and role, namespace. Every step
+/// tolerates finding its work already done, so a teardown interrupted by a crash resumes.
+async fn cleanup_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, ReconcileError> {
+    let name = cp.name_any();
+    let uid = cp.uid().unwrap_or_default();
+    let ready = ConditionState::new(
+        false,
+        reason::DELETING,
+        "tearing down the tenant control plane",
+    );
+    if let Err(e) = write_status(
+        ctx,
+        cp,
+        ready,
+        ConditionState::new(true, reason::RECONCILE_SUCCESS, ""),
+        None,
+    )
+    .await
+    {
+        warn!(error = %e, "cannot write Deleting status");
+    }
+    ctx.runtime.remove(&tenant_key(&name, &uid)).await?;
+
+    let recorded: Option<&DatastoreStatus> = cp
+        .status
+        .as_ref()
+        .and_then(|s: &ControlPlaneStatus| s.datastore.as_ref());
+    let database = recorded
+        .and_then(|d| d.database.clone())
+        .unwrap_or_else(|| database_name_for_uid(&uid));
+    match (&ctx.postgres, recorded.map(|d| d.kind.as_str())) {
+        (Some(pg), _) => {
+            let admin = pg.connect().await?;
+            postgres::drop_database(&admin, &database).await?;
+        }
+        (None, Some("postgres")) => {
+            return Err(ReconcileError::Cleanup {
+                what: format!("database {database}"),
+                detail: "it lives on a shared Postgres, but this controller has no Postgres DSN configured".into(),
+            });
+        }
+        (None, _) => {}
+    }
+
+    let namespace = system_namespace(&name);
+    match Api::<Namespace>::all(ctx.client.clone())
+        .delete(&namespace, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => {
+            return Err(ReconcileError::Cleanup {
+                what: format!("Namespace {namespace}"),
+                detail: e.to_string(),
+            });
+        }
+    }
+    publish(
+        ctx,
+        cp,
+        EventType::Normal,
+        "Deleted",
+        format!("tenant control plane {name} torn down"),
+    )
+    .await;
+    Ok(Action::await_change())
+}
