@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 /// hostplane hosts virtual Kubernetes control planes: every ControlPlane object becomes an
 /// isolated tenant API server with its own certificates, datastore and expiring kubeconfigs.
 #[derive(Parser, Debug)]
-#[command(name = "hostplane", version, about, long_about = None, propagate_version = true)]
+#[command(name = "hostplane", version, propagate_version = true)]
 struct Cli {
     /// Log filter, e.g. `info` or `hostplane_controller=debug,kube=info`.
     #[arg(long, global = true, env = "HOSTPLANE_LOG", default_value = "info")]

@@ -53,8 +53,8 @@ pub enum ReconcileError {
     Invalid(#[from] ValidateError),
     #[error("reading {what}: {source}")]
     Fetch { what: String, source: kube::Error },
-    #[error("shared Postgres is configured with a bad DSN: {0}")]
-    Config(PostgresError),
+    #[error("Secret {namespace}/{name} named by datastoreSecretRef {problem}")]
+    DatastoreSecret { namespace: String, name: String, problem: &'static str },
     #[error("{0}")]
     Datastore(#[from] PostgresError),
     #[error("tenant certificates: {0}")]
@@ -75,7 +75,7 @@ impl ReconcileError {
         match self {
             Self::Invalid(e) => e.reason(),
             Self::Fetch { .. } => "FetchFailed",
-            Self::Config(_) => "InvalidConfiguration",
+            Self::DatastoreSecret { .. } => "DatastoreSecretInvalid",
             Self::Datastore(_) => "DatastoreUnavailable",
             Self::Certificates(_) => "CertificatesFailed",
             Self::Runtime(_) => "RuntimeFailed",
@@ -618,6 +618,8 @@ async fn cleanup_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reco
         .and_then(|d| d.database.clone())
         .unwrap_or_else(|| database_name_for_uid(&uid));
     match (&ctx.postgres, recorded.map(|d| d.kind.as_str())) {
+        // The user's own datastore is never dropped.
+        (_, Some("external" | "sqlite")) => {}
         (Some(pg), _) => {
             let admin = pg.connect().await?;
             postgres::drop_database(&admin, &database).await?;

@@ -14,6 +14,8 @@ pub struct TenantPlan {
     /// `<name>-system` on the host: the tenant's Secrets and (pods runtime) workloads.
     pub namespace: String,
     pub backend: BackendType,
+    /// backend external: the user's Secret with key `dsn` (a Postgres URL for Kine).
+    pub external_datastore: Option<SecretRef>,
     pub release: ReleaseBinaries,
     /// Lifetime of handed-out tokens.
     pub token_ttl_seconds: i64,
@@ -45,12 +47,19 @@ pub fn system_namespace(name: &str) -> String {
     format!("{name}-system")
 }
 
+/// A Secret the user names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretRef {
+    pub name: String,
+    pub namespace: String,
+}
+
 /// Why a spec cannot be built. Each variant is a condition reason users can grep for.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ValidateError {
     #[error("type {0} is not supported yet; supported types: k8s")]
     UnsupportedType(&'static str),
-    #[error("backend {0} is not supported yet; supported backends: shared")]
+    #[error("backend {0} is not supported yet; supported backends: shared, external (Postgres DSN)")]
     UnsupportedBackend(&'static str),
     #[error("Kubernetes version {requested} is not available on this host; available: {}", available.join(", "))]
     UnknownVersion {
@@ -80,10 +89,11 @@ pub fn validate(cp: &ControlPlane, catalog: &UpstreamCatalog) -> Result<TenantPl
         ControlPlaneType::K8s => {}
         other => return Err(ValidateError::UnsupportedType(other.as_str())),
     }
-    match spec.backend {
-        BackendType::Shared => {}
-        other => return Err(ValidateError::UnsupportedBackend(other.as_str())),
-    }
+    let external_datastore = match (spec.backend, &spec.datastore_secret_ref) {
+        (BackendType::Shared, _) => None,
+        (BackendType::External, Some(r)) => Some(SecretRef { name: r.name.clone(), namespace: r.namespace.clone() }),
+        (other, _) => return Err(ValidateError::UnsupportedBackend(other.as_str())),
+    };
     let release = catalog
         .release(spec.version.as_deref())
         .cloned()
@@ -96,6 +106,7 @@ pub fn validate(cp: &ControlPlane, catalog: &UpstreamCatalog) -> Result<TenantPl
         name,
         uid,
         backend: spec.backend,
+        external_datastore,
         release,
         token_ttl_seconds: spec.token_expiration_seconds,
     })
@@ -136,6 +147,7 @@ mod tests {
                 uid: "0f8e2a7c-1111-2222-3333-444455556666".into(),
                 namespace: "acme-system".into(),
                 backend: BackendType::Shared,
+                external_datastore: None,
                 release: catalog().release(Some("1.37")).unwrap().clone(),
                 token_ttl_seconds: 7200,
             }

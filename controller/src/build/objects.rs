@@ -137,6 +137,7 @@ mod tests {
             uid: "u-1".into(),
             namespace: "acme-system".into(),
             backend: hostplane_crds::BackendType::Shared,
+            external_datastore: None,
             release: ReleaseBinaries {
                 version: "1.37.2".into(),
                 kube_apiserver: "a".into(),

@@ -1,0 +1,147 @@
+//! End-to-end helpers: the real `hostplane controller` binary as a child process (so tests can
+//! SIGKILL it), and small readers of what a user sees (conditions, kubeconfigs, tokens).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use hostplane_crds::ControlPlane;
+use hostplane_tests::KubeApiserver;
+use kube::api::Api;
+
+/// A `hostplane controller` process against a host API server.
+pub struct ControllerProcess {
+    child: Option<Child>,
+    pub state_dir: PathBuf,
+    kubeconfig: PathBuf,
+    postgres_dsn: Option<String>,
+    extra_env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl ControllerProcess {
+    pub fn start(host: &KubeApiserver, state_dir: &Path, postgres_dsn: Option<String>, extra_env: &[(&str, &str)]) -> Self {
+        let mut me = Self {
+            child: None,
+            state_dir: state_dir.to_path_buf(),
+            kubeconfig: host.kubeconfig_path().to_path_buf(),
+            postgres_dsn,
+            extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            log: state_dir.join("controller.log"),
+        };
+        me.spawn();
+        me
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.state_dir).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostplane"));
+        cmd.arg("controller")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOSTPLANE_STATE_DIR", &self.state_dir)
+            .env("HOSTPLANE_LOG", "info,hostplane_controller=debug")
+            .env_remove("HOSTPLANE_POSTGRES_DSN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(dsn) = &self.postgres_dsn {
+            cmd.env("HOSTPLANE_POSTGRES_DSN", dsn);
+        }
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("hostplane binary runs"));
+    }
+
+    /// SIGKILL: a crash, leaving tenant processes behind to be adopted.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the controller and every tenant process it left (tests must not leak processes).
+    pub fn stop_tenants(&self) {
+        let tenants = self.state_dir.join("tenants");
+        for entry in std::fs::read_dir(&tenants).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+                if f.path().extension().is_some_and(|e| e == "pid")
+                    && let Ok(pid) = std::fs::read_to_string(f.path()).unwrap_or_default().trim().parse::<i32>()
+                {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        self.stop_tenants();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- hostplane controller log (last 60 lines) ----");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+pub fn condition(cp: &ControlPlane, type_: &str) -> Option<(String, String, String)> {
+    cp.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until the Ready condition has `status` (and, if given, `reason`); returns the object.
+pub async fn wait_ready_state(api: &Api<ControlPlane>, name: &str, status: &str, reason: Option<&str>, timeout: Duration) -> ControlPlane {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        if let Ok(cp) = api.get(name).await {
+            let c = condition(&cp, "Ready");
+            if let Some((s, r, _)) = &c
+                && s == status
+                && reason.is_none_or(|want| want == r)
+            {
+                return cp;
+            }
+            last = c;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name}: Ready never became {status}/{reason:?}; last: {last:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Claims of a JWT (no signature check: the tenant API server does that).
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(1).expect("a JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+/// The token inside a kubeconfig's first user.
+pub fn kubeconfig_token(kubeconfig: &str) -> String {
+    let v: serde_yaml::Value = serde_yaml::from_str(kubeconfig).unwrap();
+    v["users"][0]["user"]["token"].as_str().expect("a token user").to_string()
+}
+
+/// Runs kubectl with a kubeconfig file; returns (success, stdout+stderr).
+pub fn kubectl_with(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(kubectl).arg("--kubeconfig").arg(kubeconfig).args(args).output().expect("kubectl runs");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
