@@ -26,10 +26,18 @@ impl Bed {
     async fn start(extra_env: &[(&str, &str)]) -> Self {
         let postgres = Postgres::start().await;
         let host = start_apiserver_on_etcd().await;
-        hostplane_controller::embedded::install_crds(&host.client()).await.expect("CRDs install");
+        hostplane_controller::embedded::install_crds(&host.client())
+            .await
+            .expect("CRDs install");
         let tmp = tempfile::tempdir().unwrap();
-        let controller = ControllerProcess::start(&host, tmp.path(), Some(postgres.admin_dsn()), extra_env);
-        Self { host, postgres, controller, _tmp: tmp }
+        let controller =
+            ControllerProcess::start(&host, tmp.path(), Some(postgres.admin_dsn()), extra_env);
+        Self {
+            host,
+            postgres,
+            controller,
+            _tmp: tmp,
+        }
     }
 
     fn cps(&self) -> Api<ControlPlane> {
@@ -44,14 +52,24 @@ impl Bed {
     fn host_kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
         use std::io::Write;
         let mut cmd = self.host.kubectl();
-        cmd.args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        cmd.args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         if let Some(s) = stdin {
             child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
         }
         drop(child.stdin.take());
         let out = child.wait_with_output().unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     async fn create(&self, name: &str, extra_spec: &str) -> ControlPlane {
@@ -61,7 +79,10 @@ impl Bed {
 
     /// The handed-out kubeconfig, written to a file as a user would.
     async fn kubeconfig(&self, name: &str) -> (PathBuf, String) {
-        let secret = Api::<Secret>::namespaced(self.host.client(), &format!("{name}-system")).get("admin-kubeconfig").await.unwrap();
+        let secret = Api::<Secret>::namespaced(self.host.client(), &format!("{name}-system"))
+            .get("admin-kubeconfig")
+            .await
+            .unwrap();
         let text = String::from_utf8(secret.data.unwrap()["kubeconfig"].0.clone()).unwrap();
         let path = self.controller.state_dir.join(format!("{name}.kubeconfig"));
         std::fs::write(&path, &text).unwrap();
@@ -70,12 +91,23 @@ impl Bed {
 
     fn tenant_dir(&self, cp: &ControlPlane) -> PathBuf {
         let uid = cp.metadata.uid.clone().unwrap();
-        self.controller.state_dir.join("tenants").join(format!("{}-{}", cp.metadata.name.clone().unwrap(), uid.split('-').next().unwrap()))
+        self.controller.state_dir.join("tenants").join(format!(
+            "{}-{}",
+            cp.metadata.name.clone().unwrap(),
+            uid.split('-').next().unwrap()
+        ))
     }
 
     /// A connection to one database as the Postgres superuser (for checks only).
     async fn db(&self, database: &str) -> tokio_postgres::Client {
-        connect(&self.postgres.admin_dsn().replace("dbname=postgres", &format!("dbname={database}"))).await.unwrap()
+        connect(
+            &self
+                .postgres
+                .admin_dsn()
+                .replace("dbname=postgres", &format!("dbname={database}")),
+        )
+        .await
+        .unwrap()
     }
 }
 
@@ -90,11 +122,18 @@ fn kubectl() -> &'static Path {
 }
 
 fn pid_of(dir: &Path, process: &str) -> Option<i32> {
-    std::fs::read_to_string(dir.join(format!("{process}.pid"))).ok()?.trim().parse().ok()
+    std::fs::read_to_string(dir.join(format!("{process}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| !r.starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, r)| !r.starts_with('Z'))
+    })
 }
 
 /// Processes on this machine whose command line mentions `needle` (duplicates show up here).
@@ -104,14 +143,20 @@ fn processes_mentioning(needle: &str) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| alive(*pid))
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle)))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
         .collect()
 }
 
 async fn wait_for<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
     let deadline = std::time::Instant::now() + timeout;
     while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -121,71 +166,191 @@ async fn tenant_on_shared_postgres_serves_kubectl_survives_kills_and_is_torn_dow
     let bed = Bed::start(&[]).await;
     let cp = bed.create("alpha", "").await;
     let status = cp.status.clone().unwrap();
-    assert_eq!(status.version.as_deref(), Some(Binaries::get().kube_version.as_str()));
+    assert_eq!(
+        status.version.as_deref(),
+        Some(Binaries::get().kube_version.as_str())
+    );
     assert_eq!(status.observed_generation, cp.metadata.generation.unwrap());
     let secret_ref = status.secret_ref.clone().unwrap();
-    assert_eq!((secret_ref.name.as_str(), secret_ref.namespace.as_str(), secret_ref.key.as_str(), secret_ref.in_cluster_key.as_str()), ("admin-kubeconfig", "alpha-system", "kubeconfig", "kubeconfig-incluster"));
+    assert_eq!(
+        (
+            secret_ref.name.as_str(),
+            secret_ref.namespace.as_str(),
+            secret_ref.key.as_str(),
+            secret_ref.in_cluster_key.as_str()
+        ),
+        (
+            "admin-kubeconfig",
+            "alpha-system",
+            "kubeconfig",
+            "kubeconfig-incluster"
+        )
+    );
     let datastore = status.datastore.clone().unwrap();
     let database = datastore.database.clone().unwrap();
-    assert_eq!((datastore.kind.as_str(), datastore.role.as_deref()), ("postgres", Some(database.as_str())));
+    assert_eq!(
+        (datastore.kind.as_str(), datastore.role.as_deref()),
+        ("postgres", Some(database.as_str()))
+    );
     let (ok, out) = bed.host_kubectl(&["get", "cp", "alpha"], None);
-    assert!(ok && out.lines().nth(1).unwrap().split_whitespace().take(5).eq(["alpha", "k8s", "shared", "1.37.2", "True"]), "{out}");
+    assert!(
+        ok && out
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .take(5)
+            .eq(["alpha", "k8s", "shared", "1.37.2", "True"]),
+        "{out}"
+    );
 
     // Plain kubectl with the handed-out kubeconfig.
     let (kubeconfig, text) = bed.kubeconfig("alpha").await;
     let claims = jwt_claims(&kubeconfig_token(&text));
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 7200, "{claims}");
-    assert_eq!(claims["kubernetes.io"]["serviceaccount"]["name"], "hostplane-admin");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        7200,
+        "{claims}"
+    );
+    assert_eq!(
+        claims["kubernetes.io"]["serviceaccount"]["name"],
+        "hostplane-admin"
+    );
     let (ok, out) = kubectl_with(kubectl(), &kubeconfig, &["get", "ns"]);
     assert!(ok && out.contains("kube-system"), "{out}");
     let (ok, out) = kubectl_with(kubectl(), &kubeconfig, &["create", "namespace", "team-a"]);
     assert!(ok, "{out}");
-    let (ok, out) = kubectl_with(kubectl(), &kubeconfig, &["-n", "team-a", "create", "configmap", "greeting", "--from-literal=hello=world"]);
+    let (ok, out) = kubectl_with(
+        kubectl(),
+        &kubeconfig,
+        &[
+            "-n",
+            "team-a",
+            "create",
+            "configmap",
+            "greeting",
+            "--from-literal=hello=world",
+        ],
+    );
     assert!(ok, "{out}");
 
     // The rows are in the tenant's own database, written by the tenant's own role.
     let db = bed.db(&database).await;
-    let rows = db.query("SELECT name FROM kine WHERE name = '/registry/configmaps/team-a/greeting'", &[]).await.unwrap();
+    let rows = db
+        .query(
+            "SELECT name FROM kine WHERE name = '/registry/configmaps/team-a/greeting'",
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 1);
     let role = bed.db("postgres").await.query_one("SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin FROM pg_roles WHERE rolname = $1", &[&database]).await.unwrap();
-    assert_eq!((role.get::<_, bool>(0), role.get::<_, bool>(1), role.get::<_, bool>(2), role.get::<_, bool>(3)), (false, false, false, true));
-    let owner: String = db.query_one("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1", &[&database]).await.unwrap().get(0);
+    assert_eq!(
+        (
+            role.get::<_, bool>(0),
+            role.get::<_, bool>(1),
+            role.get::<_, bool>(2),
+            role.get::<_, bool>(3)
+        ),
+        (false, false, false, true)
+    );
+    let owner: String = db
+        .query_one(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(owner, database);
 
     // Kill the tenant's kube-apiserver and Kine: the runtime brings them back, data intact.
     let dir = bed.tenant_dir(&cp);
-    let (api_pid, kine_pid) = (pid_of(&dir, "kube-apiserver").unwrap(), pid_of(&dir, "kine").unwrap());
+    let (api_pid, kine_pid) = (
+        pid_of(&dir, "kube-apiserver").unwrap(),
+        pid_of(&dir, "kine").unwrap(),
+    );
     for pid in [api_pid, kine_pid] {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
     }
-    wait_for("restarted tenant processes", Duration::from_secs(60), || {
-        pid_of(&dir, "kube-apiserver").is_some_and(|p| p != api_pid && alive(p)) && pid_of(&dir, "kine").is_some_and(|p| p != kine_pid && alive(p))
-    })
+    wait_for(
+        "restarted tenant processes",
+        Duration::from_secs(60),
+        || {
+            pid_of(&dir, "kube-apiserver").is_some_and(|p| p != api_pid && alive(p))
+                && pid_of(&dir, "kine").is_some_and(|p| p != kine_pid && alive(p))
+        },
+    )
     .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let (ok, out) = kubectl_with(kubectl(), &kubeconfig, &["-n", "team-a", "get", "configmap", "greeting", "-o", "jsonpath={.data.hello}"]);
+        let (ok, out) = kubectl_with(
+            kubectl(),
+            &kubeconfig,
+            &[
+                "-n",
+                "team-a",
+                "get",
+                "configmap",
+                "greeting",
+                "-o",
+                "jsonpath={.data.hello}",
+            ],
+        );
         if ok {
             assert_eq!(out, "world");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "tenant did not come back: {out}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tenant did not come back: {out}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
     // Delete: processes, state dir, database, role and namespace are gone.
-    let tenant_pids: Vec<i32> = ["kine", "kube-apiserver", "kube-controller-manager"].iter().filter_map(|p| pid_of(&dir, p)).collect();
+    let tenant_pids: Vec<i32> = ["kine", "kube-apiserver", "kube-controller-manager"]
+        .iter()
+        .filter_map(|p| pid_of(&dir, p))
+        .collect();
     assert_eq!(tenant_pids.len(), 3);
     let (ok, out) = bed.host_kubectl(&["delete", "cp", "alpha", "--timeout=120s"], None);
     assert!(ok, "{out}");
-    assert!(tenant_pids.iter().all(|p| !alive(*p)), "tenant processes still running");
+    assert!(
+        tenant_pids.iter().all(|p| !alive(*p)),
+        "tenant processes still running"
+    );
     assert!(!dir.exists(), "state dir {} still exists", dir.display());
     let admin = bed.db("postgres").await;
-    let left: i64 = admin.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&database]).await.unwrap().get(0);
-    let roles: i64 = admin.query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&database]).await.unwrap().get(0);
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let roles: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname = $1",
+            &[&database],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!((left, roles), (0, 0));
-    let ns = Api::<Namespace>::all(bed.host.client()).get_opt("alpha-system").await.unwrap();
-    assert!(ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()), "namespace alpha-system is not being deleted");
+    let ns = Api::<Namespace>::all(bed.host.client())
+        .get_opt("alpha-system")
+        .await
+        .unwrap();
+    assert!(
+        ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+        "namespace alpha-system is not being deleted"
+    );
 }
 
 #[tokio::test]
@@ -197,13 +362,30 @@ async fn two_tenants_cannot_reach_each_other() {
     let db_b = b.status.unwrap().datastore.unwrap().database.unwrap();
 
     // Tenant A's role, with its real password, cannot connect to B's database.
-    let secret = Api::<Secret>::namespaced(bed.host.client(), "tenant-a-system").get("datastore").await.unwrap();
+    let secret = Api::<Secret>::namespaced(bed.host.client(), "tenant-a-system")
+        .get("datastore")
+        .await
+        .unwrap();
     let password = String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap();
     let port = bed.postgres.port();
-    let own = connect(&format!("host=127.0.0.1 port={port} user={db_a} password={password} dbname={db_a}")).await;
-    assert!(own.is_ok(), "A cannot reach its own database: {:?}", own.err());
-    let err = connect(&format!("host=127.0.0.1 port={port} user={db_a} password={password} dbname={db_b}")).await.unwrap_err();
-    assert!(err.to_string().contains("permission denied for database"), "{err}");
+    let own = connect(&format!(
+        "host=127.0.0.1 port={port} user={db_a} password={password} dbname={db_a}"
+    ))
+    .await;
+    assert!(
+        own.is_ok(),
+        "A cannot reach its own database: {:?}",
+        own.err()
+    );
+    let err = connect(&format!(
+        "host=127.0.0.1 port={port} user={db_a} password={password} dbname={db_b}"
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("permission denied for database"),
+        "{err}"
+    );
 
     // A's token is rejected by B's API server.
     let (_, text_a) = bed.kubeconfig("tenant-a").await;
@@ -212,7 +394,10 @@ async fn two_tenants_cannot_reach_each_other() {
     let path = bed.controller.state_dir.join("forged.kubeconfig");
     std::fs::write(&path, forged).unwrap();
     let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns"]);
-    assert!(!ok && out.contains("Unauthorized"), "B accepted A's token: {out}");
+    assert!(
+        !ok && out.contains("Unauthorized"),
+        "B accepted A's token: {out}"
+    );
 }
 
 #[tokio::test]
@@ -223,7 +408,11 @@ async fn handed_out_tokens_expire_and_are_renewed() {
     let (_, first) = bed.kubeconfig("short").await;
     let first_token = kubeconfig_token(&first);
     let claims = jwt_claims(&first_token);
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 600, "{claims}");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        600,
+        "{claims}"
+    );
 
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let renewed = loop {
@@ -231,12 +420,18 @@ async fn handed_out_tokens_expire_and_are_renewed() {
         if kubeconfig_token(&text) != first_token {
             break text;
         }
-        assert!(std::time::Instant::now() < deadline, "token was not renewed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "token was not renewed"
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let new_claims = jwt_claims(&kubeconfig_token(&renewed));
     assert!(new_claims["iat"].as_i64() > claims["iat"].as_i64());
-    assert_eq!(new_claims["exp"].as_i64().unwrap() - new_claims["iat"].as_i64().unwrap(), 600);
+    assert_eq!(
+        new_claims["exp"].as_i64().unwrap() - new_claims["iat"].as_i64().unwrap(),
+        600
+    );
     let (path, _) = bed.kubeconfig("short").await;
     let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns", "default"]);
     assert!(ok, "renewed token does not work: {out}");
@@ -253,7 +448,9 @@ async fn controller_killed_while_provisioning_converges_without_duplicates() {
     for delay_ms in [300u64, 1200, 2500, 4000, 6000] {
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         if first_ca.is_none()
-            && let Ok(Some(s)) = Api::<Secret>::namespaced(bed.host.client(), "crashy-system").get_opt("k8s-certs").await
+            && let Ok(Some(s)) = Api::<Secret>::namespaced(bed.host.client(), "crashy-system")
+                .get_opt("k8s-certs")
+                .await
         {
             first_ca = Some(s.data.unwrap()["ca.crt"].0.clone());
         }
@@ -263,19 +460,49 @@ async fn controller_killed_while_provisioning_converges_without_duplicates() {
     let dir = bed.tenant_dir(&cp);
     // One set of processes, one database, and the CA first stored is the one in use.
     for process in ["kube-apiserver", "kube-controller-manager"] {
-        let running: Vec<i32> = processes_mentioning(&dir.display().to_string()).into_iter().filter(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(process))).collect();
+        let running: Vec<i32> = processes_mentioning(&dir.display().to_string())
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(process))
+            })
+            .collect();
         assert_eq!(running.len(), 1, "{process} runs {} times", running.len());
     }
     let kine_port = std::fs::read_to_string(dir.join("ports.json")).unwrap();
     let kine_port: serde_json::Value = serde_json::from_str(&kine_port).unwrap();
-    assert_eq!(processes_mentioning(&format!("--listen-address=127.0.0.1:{}", kine_port["kine"])).len(), 1, "kine duplicated");
-    let dbs: i64 = bed.db("postgres").await.query_one("SELECT count(*) FROM pg_database WHERE datname LIKE 'hp_%'", &[]).await.unwrap().get(0);
+    assert_eq!(
+        processes_mentioning(&format!("--listen-address=127.0.0.1:{}", kine_port["kine"])).len(),
+        1,
+        "kine duplicated"
+    );
+    let dbs: i64 = bed
+        .db("postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'hp_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(dbs, 1);
-    let ca_now = Api::<Secret>::namespaced(bed.host.client(), "crashy-system").get("k8s-certs").await.unwrap().data.unwrap()["ca.crt"].0.clone();
+    let ca_now = Api::<Secret>::namespaced(bed.host.client(), "crashy-system")
+        .get("k8s-certs")
+        .await
+        .unwrap()
+        .data
+        .unwrap()["ca.crt"]
+        .0
+        .clone();
     if let Some(first) = first_ca {
         assert_eq!(first, ca_now, "the CA changed across controller restarts");
     }
-    assert_eq!(std::fs::read(dir.join("pki/ca.crt")).unwrap(), ca_now, "processes do not use the stored CA");
+    assert_eq!(
+        std::fs::read(dir.join("pki/ca.crt")).unwrap(),
+        ca_now,
+        "processes do not use the stored CA"
+    );
     let (path, _) = bed.kubeconfig("crashy").await;
     let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns", "default"]);
     assert!(ok, "{out}");
@@ -286,20 +513,49 @@ async fn postgres_outage_makes_tenants_unavailable_then_they_recover_intact() {
     let mut bed = Bed::start(&[]).await;
     bed.create("steady", "").await;
     let (path, _) = bed.kubeconfig("steady").await;
-    let (ok, out) = kubectl_with(kubectl(), &path, &["create", "configmap", "before-outage", "--from-literal=k=v"]);
+    let (ok, out) = kubectl_with(
+        kubectl(),
+        &path,
+        &["create", "configmap", "before-outage", "--from-literal=k=v"],
+    );
     assert!(ok, "{out}");
 
     bed.postgres.stop();
-    let cp = wait_ready_state(&bed.cps(), "steady", "False", None, Duration::from_secs(120)).await;
+    let cp = wait_ready_state(
+        &bed.cps(),
+        "steady",
+        "False",
+        None,
+        Duration::from_secs(120),
+    )
+    .await;
     let (_, reason, message) = condition(&cp, "Ready").unwrap();
     assert!(
-        (reason == "Unavailable" && message.contains("not ready")) || reason == "DatastoreUnavailable",
+        (reason == "Unavailable" && message.contains("not ready"))
+            || reason == "DatastoreUnavailable",
         "unclear reason while Postgres is down: {reason}: {message}"
     );
 
     bed.postgres.start_again().await;
-    wait_ready_state(&bed.cps(), "steady", "True", Some("Available"), READY_TIMEOUT).await;
-    let (ok, out) = kubectl_with(kubectl(), &path, &["get", "configmap", "before-outage", "-o", "jsonpath={.data.k}"]);
+    wait_ready_state(
+        &bed.cps(),
+        "steady",
+        "True",
+        Some("Available"),
+        READY_TIMEOUT,
+    )
+    .await;
+    let (ok, out) = kubectl_with(
+        kubectl(),
+        &path,
+        &[
+            "get",
+            "configmap",
+            "before-outage",
+            "-o",
+            "jsonpath={.data.k}",
+        ],
+    );
     assert!(ok && out == "v", "data lost across the outage: {out}");
 }
 
@@ -308,25 +564,77 @@ async fn unsatisfiable_specs_get_a_reason_and_recover_when_fixed() {
     let bed = Bed::start(&[]).await;
     let api = bed.cps();
     bed.apply("apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: vc\nspec:\n  type: vcluster\n");
-    let cp = wait_ready_state(&api, "vc", "False", Some("UnsupportedType"), Duration::from_secs(60)).await;
-    assert_eq!(condition(&cp, "Ready").unwrap().2, "type vcluster is not supported yet; supported types: k8s");
+    let cp = wait_ready_state(
+        &api,
+        "vc",
+        "False",
+        Some("UnsupportedType"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        condition(&cp, "Ready").unwrap().2,
+        "type vcluster is not supported yet; supported types: k8s"
+    );
 
     bed.apply("apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: old\nspec:\n  version: \"1.20\"\n");
-    let cp = wait_ready_state(&api, "old", "False", Some("UnknownVersion"), Duration::from_secs(60)).await;
-    assert!(condition(&cp, "Ready").unwrap().2.starts_with("Kubernetes version 1.20 is not available on this host; available: "));
+    let cp = wait_ready_state(
+        &api,
+        "old",
+        "False",
+        Some("UnknownVersion"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(
+        condition(&cp, "Ready")
+            .unwrap()
+            .2
+            .starts_with("Kubernetes version 1.20 is not available on this host; available: ")
+    );
 
     // backend external naming a Secret that does not exist yet.
     bed.apply("apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: byo\nspec:\n  backend: external\n  datastoreSecretRef:\n    name: byo-db\n    namespace: default\n");
-    let cp = wait_ready_state(&api, "byo", "False", Some("DatastoreSecretInvalid"), Duration::from_secs(60)).await;
-    assert_eq!(condition(&cp, "Ready").unwrap().2, "Secret default/byo-db named by datastoreSecretRef does not exist");
+    let cp = wait_ready_state(
+        &api,
+        "byo",
+        "False",
+        Some("DatastoreSecretInvalid"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        condition(&cp, "Ready").unwrap().2,
+        "Secret default/byo-db named by datastoreSecretRef does not exist"
+    );
     let (ok, out) = bed.host_kubectl(&["describe", "cp", "byo"], None);
-    assert!(ok && out.contains("DatastoreSecretInvalid"), "no Event for the missing Secret: {out}");
+    assert!(
+        ok && out.contains("DatastoreSecretInvalid"),
+        "no Event for the missing Secret: {out}"
+    );
 
     // The user provides the database and the Secret: the tenant comes up on it.
     let admin = bed.db("postgres").await;
-    admin.batch_execute("CREATE ROLE byo LOGIN PASSWORD 'byo-pass'; CREATE DATABASE byo OWNER byo").await.unwrap();
-    let dsn = format!("postgres://byo:byo-pass@127.0.0.1:{}/byo?sslmode=disable", bed.postgres.port());
-    let (ok, out) = bed.host_kubectl(&["-n", "default", "create", "secret", "generic", "byo-db", &format!("--from-literal=dsn={dsn}")], None);
+    admin
+        .batch_execute("CREATE ROLE byo LOGIN PASSWORD 'byo-pass'; CREATE DATABASE byo OWNER byo")
+        .await
+        .unwrap();
+    let dsn = format!(
+        "postgres://byo:byo-pass@127.0.0.1:{}/byo?sslmode=disable",
+        bed.postgres.port()
+    );
+    let (ok, out) = bed.host_kubectl(
+        &[
+            "-n",
+            "default",
+            "create",
+            "secret",
+            "generic",
+            "byo-db",
+            &format!("--from-literal=dsn={dsn}"),
+        ],
+        None,
+    );
     assert!(ok, "{out}");
     let cp = wait_ready_state(&api, "byo", "True", Some("Available"), READY_TIMEOUT).await;
     assert_eq!(cp.status.unwrap().datastore.unwrap().kind, "external");
@@ -334,6 +642,13 @@ async fn unsatisfiable_specs_get_a_reason_and_recover_when_fixed() {
     // Deleting it never drops the user's database.
     let (ok, out) = bed.host_kubectl(&["delete", "cp", "byo", "--timeout=120s"], None);
     assert!(ok, "{out}");
-    let kept: i64 = admin.query_one("SELECT count(*) FROM pg_database WHERE datname = 'byo'", &[]).await.unwrap().get(0);
+    let kept: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = 'byo'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(kept, 1);
 }

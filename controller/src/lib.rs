@@ -6,6 +6,7 @@
 pub mod build;
 pub mod config;
 pub mod embedded;
+pub mod metrics;
 pub mod pki;
 pub mod provision;
 pub mod reconcile;

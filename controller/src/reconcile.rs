@@ -25,6 +25,7 @@ use crate::build::objects::{
 };
 use crate::build::processes::{BundleInput, KineStore, control_plane_bundle};
 use crate::config::ControllerConfig;
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::pki::{self, PkiError, PkiRequest};
 use crate::provision::postgres::{self, PostgresError, SharedPostgres};
 use crate::provision::tenant_access::{self, TenantAccessError};
@@ -54,7 +55,11 @@ pub enum ReconcileError {
     #[error("reading {what}: {source}")]
     Fetch { what: String, source: kube::Error },
     #[error("Secret {namespace}/{name} named by datastoreSecretRef {problem}")]
-    DatastoreSecret { namespace: String, name: String, problem: &'static str },
+    DatastoreSecret {
+        namespace: String,
+        name: String,
+        problem: &'static str,
+    },
     #[error("{0}")]
     Datastore(#[from] PostgresError),
     #[error("tenant certificates: {0}")]
@@ -94,6 +99,7 @@ pub struct Context {
     pub runtime: ProcessRuntime,
     pub postgres: Option<SharedPostgres>,
     pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -112,6 +118,7 @@ impl Context {
             instance: std::env::var("HOSTNAME").ok(),
         };
         Ok(Self {
+            metrics: Arc::default(),
             recorder: Recorder::new(client.clone(), reporter),
             runtime: ProcessRuntime::new(config.state_dir.join("tenants")),
             client,
@@ -156,13 +163,31 @@ async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, finalizer::Error<ReconcileError>> {
     let api = Api::<ControlPlane>::all(ctx.client.clone());
-    finalizer(&api, FINALIZER, cp, |event| async {
+    let started = std::time::Instant::now();
+    let result = finalizer(&api, FINALIZER, cp, |event| async {
         match event {
             finalizer::Event::Apply(cp) => apply_branch(&cp, &ctx).await,
             finalizer::Event::Cleanup(cp) => cleanup_branch(&cp, &ctx).await,
         }
     })
-    .await
+    .await;
+    ctx.metrics.reconciles.inc();
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        let reason = match e {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
+            _ => "FinalizerFailed",
+        };
+        ctx.metrics
+            .reconcile_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+    result
 }
 
 fn error_policy(
@@ -541,6 +566,8 @@ async fn write_status(
     report: Option<&ReadyReport>,
 ) -> Result<(), ReconcileError> {
     let previous = cp.status.clone().unwrap_or_default();
+    ctx.metrics
+        .set_tenant_state(&cp.name_any(), Some(&ready.reason));
     let now = Time(Timestamp::now());
     let conditions = status::merge_conditions(
         &previous.conditions,

@@ -59,7 +59,9 @@ pub struct SecretRef {
 pub enum ValidateError {
     #[error("type {0} is not supported yet; supported types: k8s")]
     UnsupportedType(&'static str),
-    #[error("backend {0} is not supported yet; supported backends: shared, external (Postgres DSN)")]
+    #[error(
+        "backend {0} is not supported yet; supported backends: shared, external (Postgres DSN)"
+    )]
     UnsupportedBackend(&'static str),
     #[error("Kubernetes version {requested} is not available on this host; available: {}", available.join(", "))]
     UnknownVersion {
@@ -91,7 +93,10 @@ pub fn validate(cp: &ControlPlane, catalog: &UpstreamCatalog) -> Result<TenantPl
     }
     let external_datastore = match (spec.backend, &spec.datastore_secret_ref) {
         (BackendType::Shared, _) => None,
-        (BackendType::External, Some(r)) => Some(SecretRef { name: r.name.clone(), namespace: r.namespace.clone() }),
+        (BackendType::External, Some(r)) => Some(SecretRef {
+            name: r.name.clone(),
+            namespace: r.namespace.clone(),
+        }),
         (other, _) => return Err(ValidateError::UnsupportedBackend(other.as_str())),
     };
     let release = catalog

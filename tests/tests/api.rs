@@ -4,24 +4,42 @@
 
 use std::path::Path;
 
-use hostplane_tests::{KubeApiserver, Postgres, start_apiserver_on_etcd, start_apiserver_on_kine_postgres};
+use hostplane_tests::{
+    KubeApiserver, Postgres, start_apiserver_on_etcd, start_apiserver_on_kine_postgres,
+};
 
 fn repo(path: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path).display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+        .display()
+        .to_string()
 }
 
 /// Runs kubectl and returns (success, stdout, stderr).
 fn kubectl(api: &KubeApiserver, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
     let mut cmd = api.kubectl();
-    cmd.args(args).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("kubectl runs");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn apply(api: &KubeApiserver, yaml: &str) -> (bool, String) {
@@ -31,12 +49,20 @@ fn apply(api: &KubeApiserver, yaml: &str) -> (bool, String) {
 
 fn assert_refused(api: &KubeApiserver, yaml: &str, message: &str) {
     let (ok, output) = apply(api, yaml);
-    assert!(!ok, "expected refusal with {message:?}, but apply succeeded: {output}");
-    assert!(output.contains(message), "expected {message:?} in: {output}");
+    assert!(
+        !ok,
+        "expected refusal with {message:?}, but apply succeeded: {output}"
+    );
+    assert!(
+        output.contains(message),
+        "expected {message:?} in: {output}"
+    );
 }
 
 fn cp(name: &str, spec: &str) -> String {
-    format!("apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: {name}\nspec:\n{spec}")
+    format!(
+        "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
 }
 
 async fn check_api(api: &KubeApiserver) {
@@ -44,55 +70,161 @@ async fn check_api(api: &KubeApiserver) {
     assert!(ok, "CRDs do not install: {out}{err}");
     let (ok, out, err) = kubectl(
         api,
-        &["wait", "--for=condition=Established", "--timeout=60s", "crd/controlplanes.tenancy.hostplane.io", "crd/postcreatehooks.tenancy.hostplane.io"],
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/controlplanes.tenancy.hostplane.io",
+            "crd/postcreatehooks.tenancy.hostplane.io",
+        ],
         None,
     );
     assert!(ok, "CRDs not Established: {out}{err}");
 
     // KubeFlex's examples, with only the apiVersion changed.
-    for example in ["examples/custom-tenant.yaml", "examples/secure-tenant.yaml", "examples/demo-hook.yaml"] {
+    for example in [
+        "examples/custom-tenant.yaml",
+        "examples/secure-tenant.yaml",
+        "examples/demo-hook.yaml",
+    ] {
         let (ok, out, err) = kubectl(api, &["apply", "-f", &repo(example)], None);
         assert!(ok, "{example} refused: {out}{err}");
     }
-    let (ok, out, _) = kubectl(api, &["get", "cp", "custom-tenant", "-o", "jsonpath={.spec.backend} {.spec.tokenExpirationSeconds} {.spec.postCreateHooks[1].vars.network_policy}"], None);
+    let (ok, out, _) = kubectl(
+        api,
+        &[
+            "get",
+            "cp",
+            "custom-tenant",
+            "-o",
+            "jsonpath={.spec.backend} {.spec.tokenExpirationSeconds} {.spec.postCreateHooks[1].vars.network_policy}",
+        ],
+        None,
+    );
     assert!(ok);
     assert_eq!(out, "dedicated 7200 strict");
     // Defaults come from the schema.
-    let (_, out, _) = kubectl(api, &["get", "cp", "secure-tenant", "-o", "jsonpath={.spec.backend} {.spec.tokenExpirationSeconds} {.spec.postCreateHooks[0].vars.node_count}"], None);
+    let (_, out, _) = kubectl(
+        api,
+        &[
+            "get",
+            "cp",
+            "secure-tenant",
+            "-o",
+            "jsonpath={.spec.backend} {.spec.tokenExpirationSeconds} {.spec.postCreateHooks[0].vars.node_count}",
+        ],
+        None,
+    );
     assert_eq!(out, "shared 7200 3");
     // Hook templates keep their placeholders and every field.
-    let (_, out, _) = kubectl(api, &["get", "pch", "demo-hook", "-o", "jsonpath={.spec.templates[0].metadata.name} {.spec.templates[0].spec.backoffLimit}"], None);
+    let (_, out, _) = kubectl(
+        api,
+        &[
+            "get",
+            "pch",
+            "demo-hook",
+            "-o",
+            "jsonpath={.spec.templates[0].metadata.name} {.spec.templates[0].spec.backoffLimit}",
+        ],
+        None,
+    );
     assert_eq!(out, "demo-job-{{.ControlPlaneName}} 1");
 
     // `kubectl get cp` columns.
     let (ok, out, err) = kubectl(api, &["get", "cp"], None);
     assert!(ok, "{err}");
-    let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "TYPE", "BACKEND", "VERSION", "READY", "AGE"]);
-    assert!(out.lines().any(|l| l.split_whitespace().take(3).eq(["custom-tenant", "k8s", "dedicated"])), "{out}");
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "TYPE", "BACKEND", "VERSION", "READY", "AGE"]
+    );
+    assert!(
+        out.lines().any(|l| l
+            .split_whitespace()
+            .take(3)
+            .eq(["custom-tenant", "k8s", "dedicated"])),
+        "{out}"
+    );
 
     // Every invalid case, with the message a person reads.
-    assert_refused(api, &cp("short-token", "  tokenExpirationSeconds: 599\n"), "tokenExpirationSeconds must be between 600 (the TokenRequest minimum) and 31536000 (one year)");
-    assert_refused(api, &cp("long-token", "  tokenExpirationSeconds: 31536001\n"), "tokenExpirationSeconds must be between 600");
-    assert_refused(api, &cp("no-hook-name", "  postCreateHooks:\n  - vars:\n      a: b\n"), "hookName is required: name the PostCreateHook to run");
-    assert_refused(api, &cp("bad-hook-name", "  postCreateHooks:\n  - hookName: Not_A_DNS_Name\n"), "hookName must be a DNS subdomain name");
-    assert_refused(api, &cp("ext", "  type: external\n"), "bootstrapSecretRef is required when type is external");
-    assert_refused(api, &cp("bad-version", "  version: v1.37\n"), "version must be a Kubernetes minor version such as \\\"1.37\\\"");
-    assert_refused(api, &cp("patch-version", "  version: 1.37.2\n"), "version must be a Kubernetes minor version");
+    assert_refused(
+        api,
+        &cp("short-token", "  tokenExpirationSeconds: 599\n"),
+        "tokenExpirationSeconds must be between 600 (the TokenRequest minimum) and 31536000 (one year)",
+    );
+    assert_refused(
+        api,
+        &cp("long-token", "  tokenExpirationSeconds: 31536001\n"),
+        "tokenExpirationSeconds must be between 600",
+    );
+    assert_refused(
+        api,
+        &cp(
+            "no-hook-name",
+            "  postCreateHooks:\n  - vars:\n      a: b\n",
+        ),
+        "hookName is required: name the PostCreateHook to run",
+    );
+    assert_refused(
+        api,
+        &cp(
+            "bad-hook-name",
+            "  postCreateHooks:\n  - hookName: Not_A_DNS_Name\n",
+        ),
+        "hookName must be a DNS subdomain name",
+    );
+    assert_refused(
+        api,
+        &cp("ext", "  type: external\n"),
+        "bootstrapSecretRef is required when type is external",
+    );
+    assert_refused(
+        api,
+        &cp("bad-version", "  version: v1.37\n"),
+        "version must be a Kubernetes minor version such as \\\"1.37\\\"",
+    );
+    assert_refused(
+        api,
+        &cp("patch-version", "  version: 1.37.2\n"),
+        "version must be a Kubernetes minor version",
+    );
     assert_refused(
         api,
         "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: PostCreateHook\nmetadata:\n  name: dup\nspec:\n  defaultVars:\n  - name: a\n    value: \"1\"\n  - name: a\n    value: \"2\"\n",
         "defaultVars names must be unique",
     );
     let long = "a".repeat(57);
-    assert_refused(api, &cp(&long, "  type: k8s\n"), "a ControlPlane name must be at most 56 characters");
+    assert_refused(
+        api,
+        &cp(&long, "  type: k8s\n"),
+        "a ControlPlane name must be at most 56 characters",
+    );
     // Immutable after create.
     let (ok, out) = apply(api, &cp("immutable", "  type: k8s\n  backend: shared\n"));
     assert!(ok, "{out}");
-    assert_refused(api, &cp("immutable", "  type: host\n  backend: shared\n"), "type is immutable: delete and recreate the ControlPlane to change it");
-    assert_refused(api, &cp("immutable", "  type: k8s\n  backend: dedicated\n"), "backend is immutable: the tenant's data lives there");
+    assert_refused(
+        api,
+        &cp("immutable", "  type: host\n  backend: shared\n"),
+        "type is immutable: delete and recreate the ControlPlane to change it",
+    );
+    assert_refused(
+        api,
+        &cp("immutable", "  type: k8s\n  backend: dedicated\n"),
+        "backend is immutable: the tenant's data lives there",
+    );
     // A mutable field still changes.
-    let (ok, out) = apply(api, &cp("immutable", "  type: k8s\n  backend: shared\n  tokenExpirationSeconds: 3600\n"));
+    let (ok, out) = apply(
+        api,
+        &cp(
+            "immutable",
+            "  type: k8s\n  backend: shared\n  tokenExpirationSeconds: 3600\n",
+        ),
+    );
     assert!(ok, "{out}");
 }
 
@@ -108,6 +240,8 @@ async fn api_on_kube_apiserver_with_kine_and_postgres() {
     let api = start_apiserver_on_kine_postgres(&postgres).await;
     check_api(&api).await;
     // The objects really are rows in Postgres, through Kine.
-    let rows = postgres.query_strings("SELECT name FROM kine WHERE name LIKE '%controlplanes/custom-tenant'").await;
+    let rows = postgres
+        .query_strings("SELECT name FROM kine WHERE name LIKE '%controlplanes/custom-tenant'")
+        .await;
     assert!(!rows.is_empty(), "custom-tenant is not stored in Postgres");
 }

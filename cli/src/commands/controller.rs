@@ -33,6 +33,9 @@ pub struct ControllerOptions {
     /// ControlPlanes reconciled at once.
     #[arg(long, env = "HOSTPLANE_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
+    /// Serve Prometheus /metrics and /healthz, /readyz on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, env = "HOSTPLANE_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +72,23 @@ impl ControllerOptions {
     }
 }
 
+/// Starts the metrics endpoint when asked for; a port in use is an error at start, not later.
+pub async fn serve_metrics(options: &ControllerOptions, ctx: &Context) -> anyhow::Result<()> {
+    if let Some(addr) = options.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        drop(listener);
+        let metrics = ctx.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = hostplane_controller::metrics::serve(addr, metrics).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
+    Ok(())
+}
+
 pub async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
@@ -88,6 +108,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e))
             .context("controller configuration")?,
     );
+    serve_metrics(&args.options, &ctx).await?;
     // Tenant processes keep running when the controller stops: the next controller adopts them.
     reconcile::run(ctx, shutdown_signal()).await;
     Ok(())

@@ -12,7 +12,7 @@ use hostplane_crds::{ControlPlane, ControlPlaneSpec};
 use kube::api::{Api, Patch, PatchParams};
 
 use super::Progress;
-use super::controller::{ControllerOptions, shutdown_signal};
+use super::controller::{ControllerOptions, serve_metrics, shutdown_signal};
 use super::manage::{fetch_kubeconfig, wait_ready};
 
 #[derive(Args, Debug)]
@@ -55,6 +55,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(
         Context::new(host.client.clone(), config.clone()).map_err(|e| anyhow::anyhow!(e))?,
     );
+    serve_metrics(&args.options, &ctx).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(reconcile::run(ctx.clone(), async move {
         let _ = stop_rx.await;

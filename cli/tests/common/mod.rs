@@ -22,13 +22,21 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    pub fn start(host: &KubeApiserver, state_dir: &Path, postgres_dsn: Option<String>, extra_env: &[(&str, &str)]) -> Self {
+    pub fn start(
+        host: &KubeApiserver,
+        state_dir: &Path,
+        postgres_dsn: Option<String>,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let mut me = Self {
             child: None,
             state_dir: state_dir.to_path_buf(),
             kubeconfig: host.kubeconfig_path().to_path_buf(),
             postgres_dsn,
-            extra_env: extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra_env: extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: state_dir.join("controller.log"),
         };
         me.spawn();
@@ -37,7 +45,11 @@ impl ControllerProcess {
 
     fn spawn(&mut self) {
         std::fs::create_dir_all(&self.state_dir).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hostplane"));
         cmd.arg("controller")
             .env("KUBECONFIG", &self.kubeconfig)
@@ -77,11 +89,21 @@ impl ControllerProcess {
     pub fn stop_tenants(&self) {
         let tenants = self.state_dir.join("tenants");
         for entry in std::fs::read_dir(&tenants).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if f.path().extension().is_some_and(|e| e == "pid")
-                    && let Ok(pid) = std::fs::read_to_string(f.path()).unwrap_or_default().trim().parse::<i32>()
+                    && let Ok(pid) = std::fs::read_to_string(f.path())
+                        .unwrap_or_default()
+                        .trim()
+                        .parse::<i32>()
                 {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -104,11 +126,22 @@ impl Drop for ControllerProcess {
 }
 
 pub fn condition(cp: &ControlPlane, type_: &str) -> Option<(String, String, String)> {
-    cp.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    cp.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 /// Waits until the Ready condition has `status` (and, if given, `reason`); returns the object.
-pub async fn wait_ready_state(api: &Api<ControlPlane>, name: &str, status: &str, reason: Option<&str>, timeout: Duration) -> ControlPlane {
+pub async fn wait_ready_state(
+    api: &Api<ControlPlane>,
+    name: &str,
+    status: &str,
+    reason: Option<&str>,
+    timeout: Duration,
+) -> ControlPlane {
     let deadline = std::time::Instant::now() + timeout;
     let mut last = None;
     loop {
@@ -122,7 +155,10 @@ pub async fn wait_ready_state(api: &Api<ControlPlane>, name: &str, status: &str,
             }
             last = c;
         }
-        assert!(std::time::Instant::now() < deadline, "{name}: Ready never became {status}/{reason:?}; last: {last:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: Ready never became {status}/{reason:?}; last: {last:?}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -130,18 +166,35 @@ pub async fn wait_ready_state(api: &Api<ControlPlane>, name: &str, status: &str,
 /// Claims of a JWT (no signature check: the tenant API server does that).
 pub fn jwt_claims(token: &str) -> serde_json::Value {
     let payload = token.split('.').nth(1).expect("a JWT has three parts");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).expect("base64url payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .expect("base64url payload");
     serde_json::from_slice(&bytes).expect("JSON claims")
 }
 
 /// The token inside a kubeconfig's first user.
 pub fn kubeconfig_token(kubeconfig: &str) -> String {
     let v: serde_yaml::Value = serde_yaml::from_str(kubeconfig).unwrap();
-    v["users"][0]["user"]["token"].as_str().expect("a token user").to_string()
+    v["users"][0]["user"]["token"]
+        .as_str()
+        .expect("a token user")
+        .to_string()
 }
 
 /// Runs kubectl with a kubeconfig file; returns (success, stdout+stderr).
 pub fn kubectl_with(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(kubectl).arg("--kubeconfig").arg(kubeconfig).args(args).output().expect("kubectl runs");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }

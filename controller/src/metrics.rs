@@ -1,0 +1,201 @@
+//! Prometheus metrics of the controller, and the HTTP endpoint serving them with health checks.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Counter,
+    pub reconcile_failures: Family<ReasonLabel, Counter>,
+    pub reconcile_duration: Histogram,
+    pub provisioning_duration: Histogram,
+    tenants_by_state: Family<StateLabel, Gauge>,
+    states: Mutex<HashMap<String, String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("hostplane");
+        let reconciles = Counter::default();
+        let reconcile_failures = Family::<ReasonLabel, Counter>::default();
+        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        let provisioning_duration = Histogram::new(exponential_buckets(0.5, 2.0, 12));
+        let tenants_by_state = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "reconciles",
+            "ControlPlane reconcile passes",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Failed passes by the step's reason",
+            reconcile_failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile pass",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "tenant_provisioning_seconds",
+            "Time from a ControlPlane's creation to its first Ready=True",
+            provisioning_duration.clone(),
+        );
+        registry.register(
+            "tenants",
+            "ControlPlanes by the reason of their Ready condition",
+            tenants_by_state.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_failures,
+            reconcile_duration,
+            provisioning_duration,
+            tenants_by_state,
+            states: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records the Ready reason of a tenant (`None` once it is gone).
+    pub fn set_tenant_state(&self, tenant: &str, state: Option<&str>) {
+        let mut states = self.states.lock().expect("metrics lock");
+        let previous = match state {
+            Some(s) => states.insert(tenant.to_string(), s.to_string()),
+            None => states.remove(tenant),
+        };
+        if previous.as_deref() == state {
+            return;
+        }
+        if let Some(p) = previous {
+            self.tenants_by_state
+                .get_or_create(&StateLabel { state: p })
+                .dec();
+        }
+        if let Some(s) = state {
+            self.tenants_by_state
+                .get_or_create(&StateLabel {
+                    state: s.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(%addr, "serving /metrics, /healthz, /readyz");
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "metrics endpoint accept failed");
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    Ok::<_, Infallible>(match req.uri().path() {
+                        "/metrics" => respond(
+                            StatusCode::OK,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            metrics.encode(),
+                        ),
+                        "/healthz" | "/readyz" | "/livez" => {
+                            respond(StatusCode::OK, "text/plain", "ok".into())
+                        }
+                        _ => respond(
+                            StatusCode::NOT_FOUND,
+                            "text/plain",
+                            "not found: try /metrics, /healthz or /readyz\n".into(),
+                        ),
+                    })
+                }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                warn!(error = %e, "metrics connection failed");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_states_are_counted_once_each() {
+        let m = Metrics::default();
+        m.set_tenant_state("a", Some("Creating"));
+        m.set_tenant_state("b", Some("Creating"));
+        m.set_tenant_state("a", Some("Available"));
+        m.set_tenant_state("a", Some("Available"));
+        m.set_tenant_state("b", None);
+        m.reconcile_failures
+            .get_or_create(&ReasonLabel {
+                reason: "DatastoreUnavailable".into(),
+            })
+            .inc();
+        let text = m.encode();
+        assert!(
+            text.contains("hostplane_tenants{state=\"Available\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hostplane_tenants{state=\"Creating\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hostplane_reconcile_failures_total{reason=\"DatastoreUnavailable\"} 1"),
+            "{text}"
+        );
+    }
+}
