@@ -50,26 +50,11 @@ impl Bed {
     }
 
     fn host_kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        use std::io::Write;
-        let mut cmd = self.host.kubectl();
-        cmd.args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        if let Some(s) = stdin {
-            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-        }
-        drop(child.stdin.take());
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        let out = match stdin {
+            Some(input) => self.host.run_kubectl_with_stdin(args, input),
+            None => self.host.run_kubectl(args),
+        };
+        (out.success(), out.combined())
     }
 
     async fn create(&self, name: &str, extra_spec: &str) -> ControlPlane {

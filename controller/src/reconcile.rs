@@ -644,10 +644,10 @@ async fn cleanup_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reco
     let database = recorded
         .and_then(|d| d.database.clone())
         .unwrap_or_else(|| database_name_for_uid(&uid));
+    // The datastore is recorded in status before it is created, so what status does not name
+    // was never created by us.
     match (&ctx.postgres, recorded.map(|d| d.kind.as_str())) {
-        // The user's own datastore is never dropped.
-        (_, Some("external" | "sqlite")) => {}
-        (Some(pg), _) => {
+        (Some(pg), Some("postgres")) => {
             let admin = pg.connect().await?;
             postgres::drop_database(&admin, &database).await?;
         }
@@ -657,7 +657,8 @@ async fn cleanup_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reco
                 detail: "it lives on a shared Postgres, but this controller has no Postgres DSN configured".into(),
             });
         }
-        (None, _) => {}
+        // SQLite lives in the state dir (removed above); an external datastore is the user's.
+        _ => {}
     }
 
     let namespace = system_namespace(&name);

@@ -87,6 +87,9 @@ impl KubeApiserver {
             format!("--secure-port={port}"),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
+            // kube-apiserver 1.37 refuses to start when the `kubernetes` Service's endpoint
+            // would be a loopback address; with no nodes nothing needs those endpoints.
+            "--endpoint-reconciler-type=none".into(),
             format!(
                 "--cert-dir={}",
                 dir.path().join("generated-certs").display()

@@ -98,12 +98,12 @@ impl Etcd {
     }
 
     /// Stops etcd gracefully (SIGTERM), keeping its data, for outage tests.
-    pub fn stop(&self) {
+    pub fn stop(&mut self) {
         self.process.stop(Signal::SIGTERM, Duration::from_secs(15));
     }
 
     /// Starts etcd again on the same ports and data; returns once it is ready.
-    pub async fn start_again(&self) {
+    pub async fn start_again(&mut self) {
         self.process.restart();
         self.wait_ready().await;
     }

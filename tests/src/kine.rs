@@ -102,12 +102,12 @@ impl Kine {
     }
 
     /// Stops Kine (SIGTERM), for outage tests.
-    pub fn stop(&self) {
+    pub fn stop(&mut self) {
         self.process.stop(Signal::SIGTERM, Duration::from_secs(15));
     }
 
     /// Starts Kine again on the same port and database; returns once it serves.
-    pub async fn start_again(&self) {
+    pub async fn start_again(&mut self) {
         self.process.restart();
         self.wait_ready().await;
     }

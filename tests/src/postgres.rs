@@ -183,13 +183,13 @@ impl Postgres {
 
     /// Shuts the server down (fast mode: clients are disconnected, data is kept), for outage
     /// tests. [`start_again`](Self::start_again) brings it back on the same port.
-    pub fn stop(&self) {
+    pub fn stop(&mut self) {
         // SIGINT is PostgreSQL's "fast shutdown", what `pg_ctl stop -m fast` sends.
         self.process.stop(Signal::SIGINT, Duration::from_secs(30));
     }
 
     /// Starts the server again on the same port and data; returns once it accepts connections.
-    pub async fn start_again(&self) {
+    pub async fn start_again(&mut self) {
         self.process.restart();
         self.wait_ready().await;
     }

@@ -16,35 +16,17 @@ fn repo(path: &str) -> String {
         .to_string()
 }
 
-/// Runs kubectl and returns (success, stdout, stderr).
 fn kubectl(api: &KubeApiserver, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    use std::io::Write;
-    let mut cmd = api.kubectl();
-    cmd.args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl runs");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = match stdin {
+        Some(input) => api.run_kubectl_with_stdin(args, input),
+        None => api.run_kubectl(args),
+    };
+    (out.success(), out.stdout, out.stderr)
 }
 
 fn apply(api: &KubeApiserver, yaml: &str) -> (bool, String) {
-    let (ok, out, err) = kubectl(api, &["apply", "-f", "-"], Some(yaml));
-    (ok, format!("{out}{err}"))
+    let out = api.apply_yaml(yaml);
+    (out.success(), out.combined())
 }
 
 fn assert_refused(api: &KubeApiserver, yaml: &str, message: &str) {

@@ -14,7 +14,7 @@ fn accepts_connections(port: u16) -> bool {
 
 #[tokio::test]
 async fn postgres_answers_queries_and_survives_a_stop_and_start() {
-    let postgres = Postgres::start().await;
+    let mut postgres = Postgres::start().await;
     assert_eq!(postgres.query_strings("SELECT 40 + 2").await, ["42"]);
 
     let client = postgres.client().await;
@@ -44,11 +44,15 @@ async fn postgres_accepts_only_the_password_over_tcp() {
         .admin_dsn()
         .replace(postgres.password(), "wrong-password");
     let refused = tokio_postgres::connect(&wrong, tokio_postgres::NoTls).await;
-    let error = refused
-        .err()
-        .expect("a wrong password is refused")
-        .to_string();
-    assert!(error.contains("password authentication failed"), "{error}");
+    let error = refused.err().expect("a wrong password is refused");
+    let message = error
+        .as_db_error()
+        .map(|e| e.message().to_string())
+        .unwrap_or_else(|| error.to_string());
+    assert!(
+        message.contains("password authentication failed"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -67,15 +71,16 @@ async fn postgres_is_gone_after_its_handle_is_dropped() {
 
 #[tokio::test]
 async fn etcd_starts_answers_and_restarts() {
-    let etcd = Etcd::start().await;
+    let mut etcd = Etcd::start().await;
     assert!(etcd.endpoint().starts_with("http://127.0.0.1:"));
     let (status, body) = http_get(etcd.port(), "/health").await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"health\":\"true\""), "{body}");
 
+    let endpoint = etcd.endpoint();
     let etcdctl = |args: &[&str]| {
         let mut command = std::process::Command::new(&Binaries::get().etcdctl);
-        command.args(["--endpoints", &etcd.endpoint()]).args(args);
+        command.args(["--endpoints", &endpoint]).args(args);
         hostplane_tests::run_command(command, None)
     };
     etcdctl(&["put", "/hostplane/k", "v"]).expect_success("etcdctl put");
@@ -166,4 +171,51 @@ async fn apiserver_on_kine_postgres_is_ready_and_usable() {
         !accepts_connections(port),
         "kube-apiserver still listens after drop"
     );
+}
+
+#[test]
+fn servers_are_stopped_when_their_test_panics() {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let failing_test = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let etcd = Etcd::start().await;
+            sender
+                .send((
+                    etcd.port(),
+                    etcd.process().pid().unwrap(),
+                    etcd.dir().to_path_buf(),
+                ))
+                .unwrap();
+            panic!("a failing test holding an etcd");
+        })
+    });
+    assert!(
+        failing_test.join().is_err(),
+        "the test thread should have panicked"
+    );
+    let (port, pid, dir) = receiver.recv().unwrap();
+    assert!(!accepts_connections(port), "etcd still listens on {port}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "etcd pid {pid} still exists"
+    );
+    assert!(!dir.exists(), "{} was not removed", dir.display());
+}
+
+#[test]
+fn binaries_are_found() {
+    let binaries = Binaries::get();
+    assert!(binaries.kube_version.starts_with("1."), "{binaries:?}");
+    for path in [
+        &binaries.kube_apiserver,
+        &binaries.kubectl,
+        &binaries.kine,
+        &binaries.etcd,
+    ] {
+        assert!(path.is_file(), "{}", path.display());
+    }
 }
