@@ -70,6 +70,7 @@ pub struct ControlPlaneSpec {
 
     /// The tenant's Kubernetes minor version, such as "1.37"; the newest the host has when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new("self.matches('^1\\\\.[0-9]+$')").message("version must be a Kubernetes minor version such as \"1.37\""))]
     pub version: Option<String>,
 
@@ -174,6 +175,7 @@ impl BackendType {
 pub struct PostCreateHookUse {
     /// Name of the PostCreateHook object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message(
         "hookName must be a DNS subdomain name: lowercase letters, digits, '-' and '.', at most 253 characters"
     ))]

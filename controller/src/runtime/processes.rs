@@ -51,6 +51,8 @@ struct TenantProcesses {
 pub struct ProcessRuntime {
     root: PathBuf,
     tenants: Mutex<HashMap<String, TenantProcesses>>,
+    /// One `ensure` or `stop` at a time: they write the same files and pid files.
+    changes: tokio::sync::Mutex<()>,
 }
 
 impl ProcessRuntime {
@@ -59,6 +61,7 @@ impl ProcessRuntime {
         Self {
             root: root.into(),
             tenants: Mutex::default(),
+            changes: tokio::sync::Mutex::default(),
         }
     }
 
@@ -100,6 +103,7 @@ impl ProcessRuntime {
     /// restarts processes as needed. Returns once supervisors are in place; readiness is the
     /// caller's to check (through the tenant API server).
     pub async fn ensure(&self, key: &str, bundle: &ControlPlaneBundle) -> Result<(), RuntimeError> {
+        let _serialized = self.changes.lock().await;
         let fingerprint = bundle.fingerprint();
         let previous = {
             let mut tenants = self.tenants.lock().expect("runtime lock");
@@ -209,6 +213,7 @@ impl ProcessRuntime {
 
     /// Stops the tenant's processes, keeping its state (hibernation, shutdown of `hostplane up`).
     pub async fn stop(&self, key: &str) {
+        let _serialized = self.changes.lock().await;
         let supervised = self.tenants.lock().expect("runtime lock").remove(key);
         if let Some(t) = supervised {
             stop_supervisors(t).await;
@@ -424,7 +429,9 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// Writes through a temporary file and a rename, so a crash never leaves half a file, with
 /// mode 0600 (these are private keys and kubeconfigs).
 fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // `x.crt` and `x.key` must not share a temporary name.
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
