@@ -13,7 +13,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "hostplane", version, propagate_version = true)]
 struct Cli {
     /// Log filter, e.g. `info` or `hostplane_controller=debug,kube=info`.
-    #[arg(long, global = true, env = "HOSTPLANE_LOG", default_value = "info,kube_client::client::builder=off")]
+    #[arg(
+        long,
+        global = true,
+        env = "HOSTPLANE_LOG",
+        default_value = "info,kube_client::client::builder=off"
+    )]
     log: String,
     #[command(subcommand)]
     command: Command,

@@ -68,15 +68,25 @@ pub async fn check_ready(client: &kube::Client) -> Result<(), TenantAccessError>
     match client.request_text(request).await {
         Ok(body) if body.trim() == "ok" => Ok(()),
         Ok(body) => Err(TenantAccessError::NotReady(failing_checks(&body))),
-        Err(kube::Error::Api(status)) => Err(TenantAccessError::NotReady(failing_checks(&status.message))),
+        Err(kube::Error::Api(status)) => {
+            Err(TenantAccessError::NotReady(failing_checks(&status.message)))
+        }
         Err(e) => Err(TenantAccessError::NotReady(e.to_string())),
     }
 }
 
 /// The failing checks of a /readyz?verbose answer ("[-]etcd failed: ..."), or the answer itself.
 fn failing_checks(body: &str) -> String {
-    let failed: Vec<&str> = body.lines().filter(|l| l.starts_with("[-]")).map(|l| l.trim_start_matches("[-]")).collect();
-    if failed.is_empty() { body.trim().to_string() } else { format!("failing checks: {}", failed.join(", ")) }
+    let failed: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("[-]"))
+        .map(|l| l.trim_start_matches("[-]"))
+        .collect();
+    if failed.is_empty() {
+        body.trim().to_string()
+    } else {
+        format!("failing checks: {}", failed.join(", "))
+    }
 }
 
 /// Ensures the tenant ServiceAccount and its cluster-admin binding (server-side apply, so a
@@ -219,7 +229,10 @@ mod tests {
     #[test]
     fn readiness_reports_only_failing_checks() {
         let body = "[+]ping ok\n[-]etcd failed: reason withheld\n[+]log ok\n[-]poststarthook/rbac/bootstrap-roles failed: reason withheld\nreadyz check failed";
-        assert_eq!(failing_checks(body), "failing checks: etcd failed: reason withheld, poststarthook/rbac/bootstrap-roles failed: reason withheld");
+        assert_eq!(
+            failing_checks(body),
+            "failing checks: etcd failed: reason withheld, poststarthook/rbac/bootstrap-roles failed: reason withheld"
+        );
         assert_eq!(failing_checks("connection refused"), "connection refused");
     }
 

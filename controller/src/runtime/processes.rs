@@ -430,7 +430,10 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// mode 0600 (these are private keys and kubeconfigs).
 fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
     // `x.crt` and `x.key` must not share a temporary name.
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .create(true)
