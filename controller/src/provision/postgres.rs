@@ -12,16 +12,27 @@ use tracing::{info, warn};
 pub enum PostgresError {
     #[error("the admin DSN is not valid: {0}")]
     BadDsn(tokio_postgres::Error),
-    #[error("cannot reach the shared Postgres at {target}: {source}")]
+    #[error("cannot reach the shared Postgres at {target}: {}", detail(source))]
     Unreachable {
         target: String,
         source: tokio_postgres::Error,
     },
-    #[error("Postgres refused `{statement}`: {source}")]
+    #[error("Postgres refused `{statement}`: {}", detail(source))]
     Statement {
         statement: String,
         source: tokio_postgres::Error,
     },
+}
+
+/// tokio-postgres displays server errors as just "db error"; the server's message says why.
+fn detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// How long a connection attempt to the shared Postgres may take.
@@ -128,8 +139,9 @@ pub async fn ensure_database(
             source,
         })?
         .is_some();
-    let attributes =
-        "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT";
+    // INHERIT is needed: the owner's CREATE on the `public` schema comes through the implicit
+    // pg_database_owner role (Postgres 15+); the role is a member of nothing else.
+    let attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
     if !role_exists {
         match exec(
             client,
