@@ -15,6 +15,9 @@ pub struct ControllerConfig {
     pub token_renew_fraction: f64,
     /// Every ControlPlane is reconciled at least this often (drift repair).
     pub resync: Duration,
+    /// A Ready tenant's API server and datastore are checked this often, so that an outage
+    /// turns Ready to False without waiting for a resync.
+    pub health_interval: Duration,
     pub ca_validity: Duration,
     pub leaf_validity: Duration,
     /// ControlPlanes reconciled at once.
@@ -29,6 +32,7 @@ impl ControllerConfig {
             postgres_dsn: None,
             token_renew_fraction: 0.8,
             resync: Duration::from_secs(300),
+            health_interval: Duration::from_secs(30),
             ca_validity: Duration::from_secs(10 * 365 * 24 * 3600),
             leaf_validity: Duration::from_secs(365 * 24 * 3600),
             concurrency: 8,

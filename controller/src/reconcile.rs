@@ -248,11 +248,15 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
                 )
                 .await;
             }
+            // Checked again at the health interval, so an outage shows up in status.
             let until_renewal = report.renew_at.duration_since(Timestamp::now());
             let requeue = until_renewal
                 .try_into()
                 .unwrap_or(Duration::from_secs(1))
-                .clamp(Duration::from_secs(1), ctx.config.resync);
+                .clamp(
+                    Duration::from_secs(1),
+                    ctx.config.health_interval.min(ctx.config.resync),
+                );
             Ok(Action::requeue(requeue))
         }
         Ok(Progress::Starting { endpoint, detail }) => {
@@ -421,6 +425,36 @@ async fn ensure_datastore(
     plan: &TenantPlan,
     ctx: &Context,
 ) -> Result<KineStore, ReconcileError> {
+    if let Some(r) = &plan.external_datastore {
+        // The user's datastore: used as given, never created or dropped by us.
+        let invalid = |problem| ReconcileError::DatastoreSecret {
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            problem,
+        };
+        let secret = get_secret(ctx, &r.namespace, &r.name)
+            .await?
+            .ok_or_else(|| invalid("does not exist"))?;
+        let dsn = objects::secret_strings(&secret)
+            .remove("dsn")
+            .ok_or_else(|| invalid("has no key \"dsn\""))?;
+        if !dsn.starts_with("postgres://") && !dsn.starts_with("postgresql://") {
+            return Err(invalid("holds a dsn that is not a postgres:// URL"));
+        }
+        // Reachable with these credentials, or a clear condition now rather than a crashing Kine.
+        SharedPostgres::from_dsn(&dsn)?.connect().await?;
+        record_datastore(
+            ctx,
+            cp,
+            DatastoreStatus {
+                kind: "external".into(),
+                database: None,
+                role: None,
+            },
+        )
+        .await?;
+        return Ok(KineStore::Postgres { url: dsn });
+    }
     let Some(pg) = &ctx.postgres else {
         record_datastore(
             ctx,

@@ -27,6 +27,9 @@ pub struct ControllerOptions {
     /// Reconcile every ControlPlane at least this often, in seconds (drift repair).
     #[arg(long, env = "HOSTPLANE_RESYNC_SECONDS", default_value_t = 300)]
     pub resync_seconds: u64,
+    /// Check a Ready tenant's API server and datastore this often, in seconds.
+    #[arg(long, env = "HOSTPLANE_HEALTH_CHECK_SECONDS", default_value_t = 30)]
+    pub health_check_seconds: u64,
     /// Lifetime of tenant leaf certificates, in seconds (CAs live ten years).
     #[arg(long, env = "HOSTPLANE_LEAF_CERT_SECONDS", default_value_t = 365 * 24 * 3600)]
     pub leaf_cert_seconds: u64,
@@ -66,6 +69,7 @@ impl ControllerOptions {
         config.postgres_dsn = self.postgres_dsn.clone();
         config.token_renew_fraction = self.token_renew_fraction;
         config.resync = Duration::from_secs(self.resync_seconds.max(1));
+        config.health_interval = Duration::from_secs(self.health_check_seconds.max(1));
         config.leaf_validity = Duration::from_secs(self.leaf_cert_seconds.max(60));
         config.concurrency = self.concurrency.max(1);
         Ok(config)
