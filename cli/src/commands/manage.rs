@@ -94,23 +94,23 @@ pub async fn wait_ready(
     let started = Instant::now();
     let mut last = String::new();
     loop {
-        if let Some(cp) = api.get_opt(name).await? {
-            if let Some((status, reason, message)) = condition(&cp, "Ready") {
-                if status == "True" {
-                    progress.say(&format!("{name} is Ready ({message})"));
-                    return Ok(cp);
-                }
-                let line = format!("{name}: {reason}: {message}");
-                if line != last {
-                    progress.say(&line);
-                    last = line;
-                }
-                if matches!(
-                    reason.as_str(),
-                    "UnsupportedType" | "UnsupportedBackend" | "UnknownVersion"
-                ) {
-                    bail!("{name} cannot become ready: {message}");
-                }
+        if let Some(cp) = api.get_opt(name).await?
+            && let Some((status, reason, message)) = condition(&cp, "Ready")
+        {
+            if status == "True" {
+                progress.say(&format!("{name} is Ready ({message})"));
+                return Ok(cp);
+            }
+            let line = format!("{name}: {reason}: {message}");
+            if line != last {
+                progress.say(&line);
+                last = line;
+            }
+            if matches!(
+                reason.as_str(),
+                "UnsupportedType" | "UnsupportedBackend" | "UnknownVersion"
+            ) {
+                bail!("{name} cannot become ready: {message}");
             }
         }
         if started.elapsed() > timeout {
