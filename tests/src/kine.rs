@@ -29,10 +29,12 @@ impl Kine {
     /// Kine on a fresh SQLite database in its temp dir.
     pub async fn start_sqlite() -> Kine {
         let dir = temp_dir();
-        // Kine strips `sqlite://` and hands the rest to the driver: an absolute path, then
-        // driver options.
+        // Kine strips `sqlite://` and hands the rest to the driver: an absolute path, then the
+        // options of Kine's own default DSN. `_txlock=immediate` is essential: without it
+        // concurrent write transactions are lost while Kine reports them committed, and
+        // kube-apiserver never becomes ready. (`cache=shared` is ignored by the pure-Go SQLite.)
         let endpoint = format!(
-            "sqlite://{}?_journal=WAL&cache=shared",
+            "sqlite://{}?_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate",
             dir.path().join("state.db").display()
         );
         Self::start_with(dir, &endpoint).await

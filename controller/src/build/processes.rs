@@ -132,8 +132,10 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
         .into_owned();
 
     let kine_endpoint = match input.store {
+        // Kine's own default SQLite options; `_txlock=immediate` matters most: without it the
+        // pure-Go driver loses concurrent write transactions that Kine reports as committed.
         KineStore::Sqlite => format!(
-            "sqlite://{}?_journal=WAL&cache=shared&_busy_timeout=30000",
+            "sqlite://{}?_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate",
             dir.join("kine/state.db").display()
         ),
         KineStore::Postgres { url } => url.clone(),
@@ -308,7 +310,7 @@ mod tests {
             b.processes[0].env,
             vec![(
                 "KINE_ENDPOINT".to_string(),
-                "sqlite:///state/acme-1/kine/state.db?_journal=WAL&cache=shared&_busy_timeout=30000".to_string()
+                "sqlite:///state/acme-1/kine/state.db?_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate".to_string()
             )]
         );
     }
