@@ -643,3 +643,127 @@ async fn unsatisfiable_specs_get_a_reason_and_recover_when_fixed() {
         .get(0);
     assert_eq!(kept, 1);
 }
+
+#[tokio::test]
+async fn teardown_interrupted_by_a_controller_crash_resumes() {
+    let mut bed = Bed::start(&[]).await;
+    let cp = bed.create("doomed", "").await;
+    let database = cp
+        .status
+        .clone()
+        .unwrap()
+        .datastore
+        .unwrap()
+        .database
+        .unwrap();
+    let dir = bed.tenant_dir(&cp);
+    let (ok, out) = bed.host_kubectl(&["delete", "cp", "doomed", "--wait=false"], None);
+    assert!(ok, "{out}");
+    // Crash in the middle of the teardown, then start again.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bed.controller.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while bed.cps().get_opt("doomed").await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "doomed was never torn down"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!dir.exists(), "state dir left behind");
+    assert!(
+        processes_mentioning(&dir.display().to_string()).is_empty(),
+        "tenant processes left behind"
+    );
+    let admin = bed.db("postgres").await;
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "database left behind");
+}
+
+/// The CLI as a person uses it: create, list, kubeconfig, delete.
+#[tokio::test]
+async fn cli_creates_lists_hands_out_kubeconfigs_and_deletes() {
+    let bed = Bed::start(&[]).await;
+    let hostplane = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hostplane"));
+        cmd.args(args).env("KUBECONFIG", bed.host.kubeconfig_path());
+        hostplane_tests::run_command(cmd, None)
+    };
+    let out = hostplane(&["create", "cli-made", "--token-expiration-seconds", "900"]);
+    assert!(out.success(), "{}", out.combined());
+    assert!(
+        out.stderr.contains("cli-made is Ready"),
+        "no progress output: {}",
+        out.stderr
+    );
+
+    let out = hostplane(&["list"]);
+    let row: Vec<String> = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("cli-made"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        &row[..6],
+        ["cli-made", "k8s", "shared", "1.37.2", "True", "Available"],
+        "{}",
+        out.stdout
+    );
+    assert!(row[6].starts_with("https://127.0.0.1:"));
+
+    let file = bed.controller.state_dir.join("cli-made.kubeconfig");
+    let out = hostplane(&["kubeconfig", "cli-made", "-o", &file.display().to_string()]);
+    assert!(out.success(), "{}", out.combined());
+    let claims = jwt_claims(&kubeconfig_token(&std::fs::read_to_string(&file).unwrap()));
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        900
+    );
+    let (ok, ns) = kubectl_with(kubectl(), &file, &["get", "ns", "kube-system"]);
+    assert!(ok, "{ns}");
+
+    // --merge into a kubeconfig file that already has the host context.
+    let merged = bed.controller.state_dir.join("merged.kubeconfig");
+    std::fs::copy(bed.host.kubeconfig_path(), &merged).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hostplane"));
+    cmd.args(["kubeconfig", "cli-made", "--merge"])
+        .env("KUBECONFIG", &merged);
+    let out = hostplane_tests::run_command(cmd, None);
+    assert!(out.success(), "{}", out.combined());
+    let (ok, ns) = kubectl_with(
+        kubectl(),
+        &merged,
+        &["--context", "cli-made", "get", "ns", "default"],
+    );
+    assert!(ok, "merged context does not work: {ns}");
+
+    let out = hostplane(&["create", "nope", "--backend", "sideways"]);
+    assert!(
+        !out.success() && out.stderr.contains("unknown backend \"sideways\""),
+        "{}",
+        out.combined()
+    );
+    let out = hostplane(&["kubeconfig", "missing"]);
+    assert!(
+        !out.success() && out.stderr.contains("controlplane missing"),
+        "{}",
+        out.combined()
+    );
+
+    let out = hostplane(&["delete", "cli-made"]);
+    assert!(
+        out.success() && out.stderr.contains("controlplane cli-made deleted"),
+        "{}",
+        out.combined()
+    );
+}

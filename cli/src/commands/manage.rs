@@ -20,8 +20,8 @@ pub struct CreateArgs {
     #[arg(long, default_value = "shared")]
     pub backend: String,
     /// Tenant Kubernetes minor version, e.g. 1.37 (newest available when unset).
-    #[arg(long)]
-    pub version: Option<String>,
+    #[arg(long = "kubernetes-version", value_name = "MINOR")]
+    pub kubernetes_version: Option<String>,
     /// Lifetime of the tokens in handed-out kubeconfigs, in seconds (600 to 31536000).
     #[arg(long, default_value_t = hostplane_crds::DEFAULT_TOKEN_EXPIRATION_SECONDS)]
     pub token_expiration_seconds: i64,
@@ -126,7 +126,7 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let spec = ControlPlaneSpec {
         type_: ControlPlaneType::K8s,
         backend: backend(&args.backend)?,
-        version: args.version,
+        version: args.kubernetes_version,
         token_expiration_seconds: args.token_expiration_seconds,
         ..Default::default()
     };
