@@ -20,6 +20,8 @@ pub struct ControllerConfig {
     pub health_interval: Duration,
     pub ca_validity: Duration,
     pub leaf_validity: Duration,
+    /// How long one pass waits for a starting tenant API server before requeueing.
+    pub startup_wait: Duration,
     /// ControlPlanes reconciled at once.
     pub concurrency: u16,
 }
@@ -35,6 +37,7 @@ impl ControllerConfig {
             health_interval: Duration::from_secs(30),
             ca_validity: Duration::from_secs(10 * 365 * 24 * 3600),
             leaf_validity: Duration::from_secs(365 * 24 * 3600),
+            startup_wait: Duration::from_secs(10),
             concurrency: 8,
         }
     }

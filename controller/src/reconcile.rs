@@ -404,7 +404,7 @@ async fn provision_tenant(
 
     let endpoint = format!("https://127.0.0.1:{}", ports.apiserver);
     let client = tenant_access::controller_client(&endpoint, &pki).await?;
-    if let Err(e) = tenant_access::check_ready(&client).await {
+    if let Err(e) = wait_ready(&client, ctx.config.startup_wait).await {
         return Ok(Progress::Starting {
             endpoint,
             detail: e.to_string(),
@@ -417,6 +417,19 @@ async fn provision_tenant(
         version: plan.release.version.clone(),
         renew_at,
     }))
+}
+
+/// Polls the tenant's /readyz briefly: a starting API server is usually ready within seconds,
+/// and answering then beats a requeue (the ready-time benchmark measures exactly this).
+async fn wait_ready(client: &kube::Client, patience: Duration) -> Result<(), TenantAccessError> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match tenant_access::check_ready(client).await {
+            Ok(()) => return Ok(()),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// The tenant's datastore: its own database and role on the shared Postgres, or SQLite.

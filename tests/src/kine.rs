@@ -30,9 +30,9 @@ impl Kine {
     pub async fn start_sqlite() -> Kine {
         let dir = temp_dir();
         // Kine strips `sqlite://` and hands the rest to the driver: an absolute path, then the
-        // options of Kine's own default DSN. `_txlock=immediate` is essential: without it
-        // concurrent write transactions are lost while Kine reports them committed, and
-        // kube-apiserver never becomes ready. (`cache=shared` is ignored by the pure-Go SQLite.)
+        // options of Kine's own default DSN (without `cache=shared`, which its pure-Go SQLite
+        // ignores). `_busy_timeout` is essential: without it Kine 0.17.5 loses concurrent
+        // writes while reporting them committed, and kube-apiserver never becomes ready.
         let endpoint = format!(
             "sqlite://{}?_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate",
             dir.path().join("state.db").display()

@@ -86,6 +86,11 @@ pub struct BundleInput<'a> {
     pub store: &'a KineStore,
 }
 
+/// Go's GC target for tenant processes: collecting at 50% heap growth instead of 100% cuts an
+/// idle kube-apiserver's RSS by about 50 MiB (measured: 287 → 237 MiB) for a little more CPU;
+/// below that the savings flatten out (25: 218 MiB) while GC work keeps growing.
+pub const TENANT_GOGC: &str = "50";
+
 /// The tenant's service network (never routed on the host: the tenant has no nodes by default).
 pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/12";
 
@@ -148,7 +153,10 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
             // Kine serves metrics on :8080 by default, which every tenant would fight over.
             "--metrics-bind-address=0".into(),
         ],
-        env: vec![("KINE_ENDPOINT".into(), kine_endpoint)],
+        env: vec![
+            ("KINE_ENDPOINT".into(), kine_endpoint),
+            ("GOGC".into(), TENANT_GOGC.into()),
+        ],
     };
 
     let apiserver = ProcessSpec {
@@ -193,7 +201,7 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
             "--endpoint-reconciler-type=none".into(),
             "--profiling=false".into(),
         ],
-        env: vec![],
+        env: vec![("GOGC".into(), TENANT_GOGC.into())],
     };
 
     let controller_manager = ProcessSpec {
@@ -218,7 +226,7 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
             "--leader-elect=false".into(),
             "--profiling=false".into(),
         ],
-        env: vec![],
+        env: vec![("GOGC".into(), TENANT_GOGC.into())],
     };
 
     ControlPlaneBundle {
@@ -290,10 +298,13 @@ mod tests {
                     "--listen-address=127.0.0.1:20001".to_string(),
                     "--metrics-bind-address=0".to_string()
                 ],
-                vec![(
-                    "KINE_ENDPOINT".to_string(),
-                    "postgres://hp_x:secret@127.0.0.1:5432/hp_x".to_string()
-                )]
+                vec![
+                    (
+                        "KINE_ENDPOINT".to_string(),
+                        "postgres://hp_x:secret@127.0.0.1:5432/hp_x".to_string()
+                    ),
+                    ("GOGC".to_string(), "50".to_string())
+                ]
             )
         );
         assert!(
@@ -308,10 +319,13 @@ mod tests {
         let b = bundle(&KineStore::Sqlite);
         assert_eq!(
             b.processes[0].env,
-            vec![(
-                "KINE_ENDPOINT".to_string(),
-                "sqlite:///state/acme-1/kine/state.db?_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate".to_string()
-            )]
+            vec![
+                (
+                    "KINE_ENDPOINT".to_string(),
+                    "sqlite:///state/acme-1/kine/state.db?_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate".to_string()
+                ),
+                ("GOGC".to_string(), "50".to_string())
+            ]
         );
     }
 
