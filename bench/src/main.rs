@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use hostplane_tests::{
-    Binaries, KubeApiserver, Postgres, start_apiserver_on_etcd, start_apiserver_on_kine_postgres,
-};
+use hostplane_tests::{Binaries, Kine, KubeApiserver, Postgres, Storage, start_apiserver_on_etcd};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
@@ -58,10 +56,18 @@ fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Bare side: spawn Kine on Postgres and kube-apiserver, until the first `kubectl get ns`.
-async fn bare_start(postgres: &Postgres) -> anyhow::Result<f64> {
+/// Bare side: spawn Kine and kube-apiserver on a fresh Postgres database (created beforehand,
+/// untimed, as a person launching them by hand would), until the first `kubectl get ns`.
+async fn bare_start(postgres: &Postgres, run: usize) -> anyhow::Result<f64> {
+    let database = format!("bare_{run}");
+    postgres
+        .client()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await?;
     let started = Instant::now();
-    let api = start_apiserver_on_kine_postgres(postgres).await;
+    let kine = Kine::start_postgres(&postgres.url_for_database(&database)).await;
+    let api = KubeApiserver::start(Storage::Kine(kine)).await;
     while !kubectl_ok(api.kubeconfig_path(), &["get", "ns"]) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -173,7 +179,7 @@ async fn ready(runs: usize, idle: Duration) -> anyhow::Result<String> {
     let side = hostplane_side(&postgres).await?;
     let (mut bare, mut tenant) = (vec![], vec![]);
     for run in 0..runs {
-        bare.push(bare_start(&postgres).await?);
+        bare.push(bare_start(&postgres, run).await?);
         let (t, _) = tenant_ready(&side, &format!("bench-{run}")).await?;
         tenant.push(t);
         eprintln!(

@@ -124,6 +124,7 @@ impl EmbeddedHost {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        runtime.mark_api_ready(HOST_KEY);
         Ok(Self {
             runtime,
             kubeconfig_path,

@@ -410,6 +410,7 @@ async fn provision_tenant(
             detail: e.to_string(),
         });
     }
+    ctx.runtime.mark_api_ready(&key);
     tenant_access::ensure_admin_account(&client).await?;
     let renew_at = ensure_kubeconfig(plan, ctx, &client, &endpoint, &pki).await?;
     Ok(Progress::Ready(ReadyReport {

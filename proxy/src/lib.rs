@@ -1,1 +1,11 @@
-//! hostplane proxy (see DESIGN.md).
+//! hostplane proxy (see DESIGN.md, "Proxy"): one TLS port for all tenants. The
+//! ClientHello's server name picks the tenant's API server; TLS is passed through,
+//! never terminated.
+
+pub mod client_hello;
+pub mod metrics;
+pub mod router;
+
+pub use client_hello::{HelloError, NameError, Parsed, ServerName, parse_client_hello};
+pub use metrics::ProxyMetrics;
+pub use router::{ProxyConfig, RouteMap, RouteTable, serve};

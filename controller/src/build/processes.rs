@@ -38,6 +38,10 @@ pub struct ProcessSpec {
     /// Environment: secrets (such as a DSN) go here rather than on the command line, where any
     /// local user could read them from /proc.
     pub env: Vec<(String, String)>,
+    /// Started only once the tenant API server is ready. kube-controller-manager exits until
+    /// RBAC is bootstrapped; started early it crash-loops and takes CPU from the API server
+    /// just when that is starting.
+    pub after_api_ready: bool,
 }
 
 /// Everything a tenant's processes need: files relative to its state dir, and the processes.
@@ -157,6 +161,7 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
             ("KINE_ENDPOINT".into(), kine_endpoint),
             ("GOGC".into(), TENANT_GOGC.into()),
         ],
+        after_api_ready: false,
     };
 
     let apiserver = ProcessSpec {
@@ -202,6 +207,7 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
             "--profiling=false".into(),
         ],
         env: vec![("GOGC".into(), TENANT_GOGC.into())],
+        after_api_ready: false,
     };
 
     let controller_manager = ProcessSpec {
@@ -227,6 +233,7 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
             "--profiling=false".into(),
         ],
         env: vec![("GOGC".into(), TENANT_GOGC.into())],
+        after_api_ready: true,
     };
 
     ControlPlaneBundle {

@@ -44,6 +44,7 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 struct TenantProcesses {
     fingerprint: String,
     stop: watch::Sender<bool>,
+    api_ready: watch::Sender<bool>,
     supervisors: Vec<JoinHandle<()>>,
 }
 
@@ -146,6 +147,7 @@ impl ProcessRuntime {
             .map_err(Self::io_err(&fingerprint_path))?;
 
         let (stop, stop_rx) = watch::channel(false);
+        let (api_ready, api_ready_rx) = watch::channel(false);
         let supervisors = bundle
             .processes
             .iter()
@@ -156,6 +158,7 @@ impl ProcessRuntime {
                     dir.clone(),
                     adoptable,
                     stop_rx.clone(),
+                    api_ready_rx.clone(),
                 ))
             })
             .collect();
@@ -164,10 +167,19 @@ impl ProcessRuntime {
             TenantProcesses {
                 fingerprint,
                 stop,
+                api_ready,
                 supervisors,
             },
         );
         Ok(())
+    }
+
+    /// Lets processes that wait for the tenant API server (kube-controller-manager) start.
+    pub fn mark_api_ready(&self, key: &str) {
+        if let Some(t) = self.tenants.lock().expect("runtime lock").get(key) {
+            t.api_ready
+                .send_if_modified(|ready| !std::mem::replace(ready, true));
+        }
     }
 
     /// The pids of a tenant's running processes, by process name (for metering and tests).
@@ -266,6 +278,7 @@ async fn supervise(
     dir: PathBuf,
     adoptable: bool,
     mut stop: watch::Receiver<bool>,
+    mut api_ready: watch::Receiver<bool>,
 ) {
     let pidfile = dir.join(format!("{}.pid", spec.name));
     let mut current = match read_pid(&pidfile) {
@@ -280,6 +293,18 @@ async fn supervise(
         }
         _ => None,
     };
+    if current.is_none() && spec.after_api_ready {
+        let ready = async {
+            let _ = api_ready.wait_for(|r| *r).await;
+        };
+        tokio::select! {
+            _ = ready => {}
+            _ = stop.changed() => {
+                let _ = std::fs::remove_file(&pidfile);
+                return;
+            }
+        }
+    }
     let mut backoff = Duration::from_secs(1);
     loop {
         if *stop.borrow() {
@@ -472,6 +497,7 @@ mod tests {
                 program: "/bin/sleep".into(),
                 args: vec![seconds.into()],
                 env: vec![("SECRET".into(), dir.display().to_string())],
+                after_api_ready: false,
             }],
         }
     }
@@ -536,6 +562,32 @@ mod tests {
         assert_ne!(first, second);
         assert!(!is_alive(first));
         rt.remove("t2").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn processes_waiting_for_the_api_start_only_once_it_is_ready() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(tmp.path());
+        let mut bundle = sleeper(tmp.path(), "300");
+        let mut late = bundle.processes[0].clone();
+        late.name = "late";
+        late.after_api_ready = true;
+        bundle.processes.push(late);
+        rt.ensure("t4", &bundle).await.unwrap();
+        pid_of(&rt, "t4").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let names: Vec<String> = rt.pids("t4").into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["sleeper"]);
+        rt.mark_api_ready("t4");
+        for _ in 0..100 {
+            if rt.pids("t4").len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let names: Vec<String> = rt.pids("t4").into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["late", "sleeper"]);
+        rt.remove("t4").await.unwrap();
     }
 
     #[test]

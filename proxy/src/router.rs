@@ -1,0 +1,344 @@
+//! The passthrough: read the ClientHello under a timeout, pick the backend by its
+//! server name, replay the bytes read, then relay both ways. TLS is never terminated.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{Instrument, debug, field, info_span, warn};
+
+use crate::client_hello::{
+    HelloError, MAX_CLIENT_HELLO_BYTES, Parsed, ServerName, parse_client_hello,
+};
+use crate::metrics::{DIRECTION_IN, DIRECTION_OUT, ProxyMetrics};
+
+/// Where the connections for a server name go.
+pub trait RouteTable: Send + Sync {
+    /// The backend for a (lower-case) server name, if there is one.
+    fn resolve(&self, server_name: &str) -> Option<SocketAddr>;
+}
+
+/// A route table changed at run time (by a watch, later); lookups see every change
+/// at once.
+#[derive(Debug, Default)]
+pub struct RouteMap {
+    routes: RwLock<HashMap<String, SocketAddr>>,
+}
+
+impl RouteMap {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces a route; returns the backend it replaced.
+    pub fn insert(&self, server_name: &str, backend: SocketAddr) -> Option<SocketAddr> {
+        self.write().insert(server_name.to_ascii_lowercase(), backend)
+    }
+
+    /// Removes a route; returns its backend.
+    pub fn remove(&self, server_name: &str) -> Option<SocketAddr> {
+        self.write().remove(&server_name.to_ascii_lowercase())
+    }
+
+    /// Replaces every route at once (after a watch restarts, say).
+    pub fn replace_all(&self, routes: impl IntoIterator<Item = (String, SocketAddr)>) {
+        let routes = routes
+            .into_iter()
+            .map(|(name, backend)| (name.to_ascii_lowercase(), backend))
+            .collect();
+        *self.write() = routes;
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    // A panic while holding the lock cannot leave the map half-changed (every change
+    // is one HashMap call), so a poisoned lock is still good to use.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, SocketAddr>> {
+        self.routes.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, SocketAddr>> {
+        self.routes.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl RouteTable for RouteMap {
+    fn resolve(&self, server_name: &str) -> Option<SocketAddr> {
+        self.read().get(server_name).copied()
+    }
+}
+
+/// Settings of the passthrough.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// How long a client may take to send its whole ClientHello. It bounds the
+    /// whole hello, not each read, so a client trickling bytes cannot hold a
+    /// connection open.
+    pub hello_timeout: Duration,
+    /// How long connecting to a backend may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            hello_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Pause after a failed accept (out of file descriptors, say), so that the loop
+/// does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts connections and proxies each on its own task, until this future is
+/// dropped. Connections already accepted go on after that.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Arc<dyn RouteTable>,
+    config: ProxyConfig,
+    metrics: Arc<ProxyMetrics>,
+) {
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "accepting a connection failed");
+                metrics.count_error("accept");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let span = info_span!(
+            "connection",
+            %peer,
+            server_name = field::Empty,
+            backend = field::Empty
+        );
+        let connection = proxy_connection(client, routes.clone(), config.clone(), metrics.clone());
+        tokio::spawn(connection.instrument(span));
+    }
+}
+
+/// Why a connection was closed before it was relayed.
+#[derive(Debug, thiserror::Error)]
+enum Rejection {
+    #[error("no complete ClientHello within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("client closed the connection after {bytes} bytes, before a complete ClientHello")]
+    ClientClosed { bytes: usize },
+    #[error("reading the ClientHello failed: {0}")]
+    ClientIo(io::Error),
+    #[error(transparent)]
+    Hello(#[from] HelloError),
+    #[error("ClientHello longer than the {MAX_CLIENT_HELLO_BYTES}-byte buffer")]
+    BufferFull,
+    #[error("no route for server name {0}")]
+    UnknownServerName(ServerName),
+    #[error("connecting to the backend failed: {0}")]
+    BackendConnect(io::Error),
+    #[error("connecting to the backend took longer than {0:?}")]
+    BackendConnectTimeout(Duration),
+}
+
+impl Rejection {
+    fn result(&self) -> &'static str {
+        match self {
+            Self::BackendConnect(_) | Self::BackendConnectTimeout(_) => "backend_unavailable",
+            _ => "rejected",
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::HelloTimeout(_) => "hello_timeout",
+            Self::ClientClosed { .. } => "client_closed",
+            Self::ClientIo(_) => "client_io",
+            Self::Hello(error) => error.reason(),
+            Self::BufferFull => "hello_buffer_full",
+            Self::UnknownServerName(_) => "unknown_server_name",
+            Self::BackendConnect(_) => "backend_connect",
+            Self::BackendConnectTimeout(_) => "backend_connect_timeout",
+        }
+    }
+}
+
+async fn proxy_connection(
+    mut client: TcpStream,
+    routes: Arc<dyn RouteTable>,
+    config: ProxyConfig,
+    metrics: Arc<ProxyMetrics>,
+) {
+    let _active = metrics.track_active();
+    let mut hello = Vec::with_capacity(2048);
+    let routed = route(&mut client, &mut hello, routes.as_ref(), &config).await;
+    let (server_name, mut backend) = match routed {
+        Ok(routed) => routed,
+        Err(rejection) => {
+            let reason = rejection.reason();
+            metrics.count_connection(rejection.result(), reason);
+            metrics.count_error(reason);
+            // Load-balancer health checks open and close without a byte: not worth
+            // a warning.
+            if matches!(rejection, Rejection::ClientClosed { bytes: 0 }) {
+                debug!(reason, "connection closed: {rejection}");
+            } else {
+                warn!(reason, "connection closed: {rejection}");
+            }
+            return;
+        }
+    };
+    metrics.count_connection("routed", "ok");
+    debug!("routing");
+    let _ = client.set_nodelay(true);
+    let _ = backend.set_nodelay(true);
+
+    let bytes_in = metrics.traffic(server_name.as_str(), DIRECTION_IN);
+    let bytes_out = metrics.traffic(server_name.as_str(), DIRECTION_OUT);
+    // The backend must see the connection from its first byte: replay what was read.
+    if let Err(error) = backend.write_all(&hello).await {
+        metrics.count_error("backend_write");
+        warn!(reason = "backend_write", %error, "replaying the ClientHello failed");
+        return;
+    }
+    bytes_in.inc_by(hello.len() as u64);
+    drop(hello);
+
+    let mut client = CountingStream {
+        inner: client,
+        read: bytes_in,
+        written: bytes_out,
+    };
+    // Each direction is shut down for writing when the other side ends it, and the
+    // other direction goes on: a half-closed TLS connection keeps working.
+    match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        Ok((sent, received)) => debug!(sent, received, "connection finished"),
+        Err(error) => {
+            metrics.count_error("relay_io");
+            debug!(reason = "relay_io", %error, "connection ended with an error");
+        }
+    }
+}
+
+/// Reads the ClientHello and connects to the backend it names.
+async fn route(
+    client: &mut TcpStream,
+    hello: &mut Vec<u8>,
+    routes: &dyn RouteTable,
+    config: &ProxyConfig,
+) -> Result<(ServerName, TcpStream), Rejection> {
+    let server_name = tokio::time::timeout(config.hello_timeout, read_server_name(client, hello))
+        .await
+        .map_err(|_| Rejection::HelloTimeout(config.hello_timeout))??;
+    let span = tracing::Span::current();
+    span.record("server_name", server_name.as_str());
+    let backend_addr = routes
+        .resolve(server_name.as_str())
+        .ok_or_else(|| Rejection::UnknownServerName(server_name.clone()))?;
+    span.record("backend", field::display(backend_addr));
+    let backend = tokio::time::timeout(config.connect_timeout, TcpStream::connect(backend_addr))
+        .await
+        .map_err(|_| Rejection::BackendConnectTimeout(config.connect_timeout))?
+        .map_err(Rejection::BackendConnect)?;
+    Ok((server_name, backend))
+}
+
+/// Reads into `hello` until the parser decides. The buffer never grows past
+/// [`MAX_CLIENT_HELLO_BYTES`]; the parser always decides before that.
+async fn read_server_name(
+    client: &mut TcpStream,
+    hello: &mut Vec<u8>,
+) -> Result<ServerName, Rejection> {
+    loop {
+        match parse_client_hello(hello)? {
+            Parsed::Found(server_name) => return Ok(server_name),
+            Parsed::NeedMore => {}
+        }
+        let room = MAX_CLIENT_HELLO_BYTES.saturating_sub(hello.len());
+        if room == 0 {
+            return Err(Rejection::BufferFull);
+        }
+        let read = (&mut *client)
+            .take(room as u64)
+            .read_buf(hello)
+            .await
+            .map_err(Rejection::ClientIo)?;
+        if read == 0 {
+            return Err(Rejection::ClientClosed { bytes: hello.len() });
+        }
+    }
+}
+
+/// The client's side of a relayed connection, counting the bytes as they pass, so
+/// that long-lived connections (watches) show up in the metrics while they last.
+struct CountingStream {
+    inner: TcpStream,
+    read: Counter,
+    written: Counter,
+}
+
+impl AsyncRead for CountingStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let read = buf.filled().len().saturating_sub(before);
+        self.read.inc_by(read as u64);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for CountingStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.written.inc_by(written as u64);
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_map_is_case_insensitive_and_changes_at_run_time() {
+        let routes = RouteMap::new();
+        let backend: SocketAddr = "127.0.0.1:6443".parse().unwrap();
+        assert_eq!(routes.insert("Acme.Example", backend), None);
+        assert_eq!(routes.resolve("acme.example"), Some(backend));
+        assert_eq!(routes.remove("ACME.example"), Some(backend));
+        assert_eq!(routes.resolve("acme.example"), None);
+        routes.replace_all([("Other.Example".to_string(), backend)]);
+        assert_eq!(routes.resolve("other.example"), Some(backend));
+        assert_eq!(routes.len(), 1);
+    }
+}
