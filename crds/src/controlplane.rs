@@ -248,6 +248,17 @@ pub struct SecretReference {
     pub in_cluster_key: String,
 }
 
+impl ControlPlane {
+    /// The condition of this type (`Ready`, `Synced`), if the controller has written one.
+    pub fn condition(&self, type_: &str) -> Option<&ControlPlaneCondition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+    }
+}
+
 /// A condition in KubeFlex's shape (with `lastUpdateTime`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

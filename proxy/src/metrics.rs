@@ -48,11 +48,7 @@ impl ProxyMetrics {
             "Accepted connections by result and reason",
             self.connections.clone(),
         );
-        registry.register(
-            "errors",
-            "Connection errors by reason",
-            self.errors.clone(),
-        );
+        registry.register("errors", "Connection errors by reason", self.errors.clone());
         // Labelled only with names found in the route table, never with whatever a
         // client put in SNI, so that clients cannot grow the series without bound.
         registry.register(
@@ -78,11 +74,10 @@ impl ProxyMetrics {
     }
 
     pub(crate) fn traffic(&self, server_name: &str, direction: &'static str) -> Counter {
-        self.bytes
-            .get_or_create_owned(&TrafficLabels {
-                server_name: server_name.to_string(),
-                direction,
-            })
+        self.bytes.get_or_create_owned(&TrafficLabels {
+            server_name: server_name.to_string(),
+            direction,
+        })
     }
 
     /// Counts a connection as active until the guard is dropped.

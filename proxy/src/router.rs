@@ -39,7 +39,8 @@ impl RouteMap {
 
     /// Adds or replaces a route; returns the backend it replaced.
     pub fn insert(&self, server_name: &str, backend: SocketAddr) -> Option<SocketAddr> {
-        self.write().insert(server_name.to_ascii_lowercase(), backend)
+        self.write()
+            .insert(server_name.to_ascii_lowercase(), backend)
     }
 
     /// Removes a route; returns its backend.

@@ -126,11 +126,7 @@ impl Drop for ControllerProcess {
 }
 
 pub fn condition(cp: &ControlPlane, type_: &str) -> Option<(String, String, String)> {
-    cp.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
+    cp.condition(type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
