@@ -210,9 +210,8 @@ fn classify_first_bytes(buf: &[u8]) -> Result<bool, HelloError> {
     if first == CONTENT_TYPE_HANDSHAKE {
         return Ok(true);
     }
-    // HTTP/1 methods start with an upper-case token ("GET", "POST", "PRI" of h2c).
     if first.is_ascii_uppercase() {
-        return Err(HelloError::PlainHttp);
+        return classify_http_method(buf, first);
     }
     // An SSLv2-compatible hello has a two-byte length with the high bit set, then
     // message type 1 (client hello).
@@ -224,6 +223,23 @@ fn classify_first_bytes(buf: &[u8]) -> Result<bool, HelloError> {
         };
     }
     Err(HelloError::NotTls { first_byte: first })
+}
+
+/// Longest request method we wait for ("OPTIONS", "PROPFIND" and the like fit).
+const MAX_METHOD_LEN: usize = 16;
+
+/// An HTTP/1 request (or the h2c preface, "PRI * HTTP/2.0") starts with an upper-case
+/// method token and a space; other upper-case openings (an SSH banner) are not HTTP.
+fn classify_http_method(buf: &[u8], first: u8) -> Result<bool, HelloError> {
+    let token_len = buf.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    if token_len > MAX_METHOD_LEN {
+        return Err(HelloError::NotTls { first_byte: first });
+    }
+    match buf.get(token_len) {
+        Some(b' ') => Err(HelloError::PlainHttp),
+        None => Ok(false),
+        Some(_) => Err(HelloError::NotTls { first_byte: first }),
+    }
 }
 
 /// Walks the handshake records and joins their fragments until one whole handshake
@@ -242,10 +258,10 @@ fn reassemble_handshake(buf: &[u8]) -> Result<Option<Cow<'_, [u8]>>, HelloError>
         let (fragment, after) = fragment_bytes.split_at(available);
         message.push(fragment);
         rest = after;
-        if let Some(total) = handshake_len(message.bytes())? {
-            if message.bytes().len() >= total {
-                return Ok(Some(message.into_prefix(total)));
-            }
+        if let Some(total) = handshake_len(message.bytes())?
+            && message.bytes().len() >= total
+        {
+            return Ok(Some(message.into_prefix(total)));
         }
         if available < record_len {
             return Ok(None);
@@ -259,10 +275,10 @@ fn reassemble_handshake(buf: &[u8]) -> Result<Option<Cow<'_, [u8]>>, HelloError>
 fn record_header(header: &[u8]) -> Result<Option<usize>, HelloError> {
     // The first record's type was checked by `classify_first_bytes`; a later record
     // of another type (an alert, say) interrupts the hello.
-    if let Some(&content_type) = header.first() {
-        if content_type != CONTENT_TYPE_HANDSHAKE {
-            return Err(HelloError::UnexpectedRecord { content_type });
-        }
+    if let Some(&content_type) = header.first()
+        && content_type != CONTENT_TYPE_HANDSHAKE
+    {
+        return Err(HelloError::UnexpectedRecord { content_type });
     }
     if let (Some(&major), Some(&minor)) = (header.get(1), header.get(2)) {
         // Clients send 3.1 (or 3.0, 3.3) here whatever version they negotiate.
@@ -287,10 +303,10 @@ fn record_header(header: &[u8]) -> Result<Option<usize>, HelloError> {
 /// Checks the handshake header as far as its bytes are there; returns the length of
 /// the whole message (header included) once the header is complete.
 fn handshake_len(message: &[u8]) -> Result<Option<usize>, HelloError> {
-    if let Some(&handshake_type) = message.first() {
-        if handshake_type != HANDSHAKE_CLIENT_HELLO {
-            return Err(HelloError::NotClientHello { handshake_type });
-        }
+    if let Some(&handshake_type) = message.first()
+        && handshake_type != HANDSHAKE_CLIENT_HELLO
+    {
+        return Err(HelloError::NotClientHello { handshake_type });
     }
     let Some(&[_, a, b, c]) = message.first_chunk::<HANDSHAKE_HEADER_LEN>() else {
         return Ok(None);

@@ -1,0 +1,399 @@
+//! The proxy between real TLS clients and a real TLS backend on loopback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hostplane_proxy::{ProxyConfig, ProxyMetrics, RouteMap, serve};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// Longest any step of these tests may take before it counts as hung.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A tenant's API server stand-in: TLS with its own certificate, echoing every byte.
+struct TlsBackend {
+    addr: SocketAddr,
+    certificate: CertificateDer<'static>,
+    certificate_pem: String,
+}
+
+impl TlsBackend {
+    async fn start(names: &[&str], reply: BackendReply) -> Self {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let issued = rcgen::generate_simple_self_signed(names).unwrap();
+        let certificate = issued.cert.der().clone();
+        let key =
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der()));
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certificate.clone()], key)
+            .unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    match reply {
+                        BackendReply::Echo => {
+                            let (mut reader, mut writer) = tokio::io::split(tls);
+                            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                            let _ = writer.shutdown().await;
+                        }
+                        BackendReply::Http => {
+                            let mut request = Vec::new();
+                            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                                if tls.read_buf(&mut request).await.unwrap_or(0) == 0 {
+                                    return;
+                                }
+                            }
+                            let response = "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\
+                                            connection: close\r\n\r\nhello tenant";
+                            let _ = tls.write_all(response.as_bytes()).await;
+                            let _ = tls.shutdown().await;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            certificate,
+            certificate_pem: issued.cert.pem(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum BackendReply {
+    Echo,
+    Http,
+}
+
+struct Proxy {
+    addr: SocketAddr,
+    routes: Arc<RouteMap>,
+    metrics: Arc<ProxyMetrics>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(config: ProxyConfig) -> Self {
+        // Shows the proxy's connection spans and warnings with a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("hostplane_proxy=debug")
+            .try_init();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let routes = Arc::new(RouteMap::new());
+        let metrics = Arc::new(ProxyMetrics::default());
+        let task = tokio::spawn(serve(listener, routes.clone(), config, metrics.clone()));
+        Self {
+            addr,
+            routes,
+            metrics,
+            task,
+        }
+    }
+
+    /// Waits until every connection is closed on the proxy's side too.
+    async fn wait_idle(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.metrics.active_connections() != 0 {
+            assert!(Instant::now() < deadline, "connections stay open");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn connector(trusted: &CertificateDer<'static>) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_connect(
+    proxy: SocketAddr,
+    server_name: &str,
+    trusted: &CertificateDer<'static>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(proxy).await?;
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    tokio::time::timeout(PATIENCE, connector(trusted).connect(name, tcp))
+        .await
+        .expect("TLS handshake hung")
+}
+
+async fn echo_round_trip(tls: &mut tokio_rustls::client::TlsStream<TcpStream>, text: &[u8]) {
+    tls.write_all(text).await.unwrap();
+    let mut echoed = vec![0; text.len()];
+    tokio::time::timeout(PATIENCE, tls.read_exact(&mut echoed))
+        .await
+        .expect("echo hung")
+        .unwrap();
+    assert_eq!(echoed, text);
+}
+
+/// Reads until the proxy closes the connection; returns what came and how long it took.
+async fn read_until_closed(tcp: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, tcp.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the proxy left the connection open");
+    (received, started.elapsed())
+}
+
+#[tokio::test]
+async fn tls_passes_through_to_the_tenant_backend() {
+    let backend = TlsBackend::start(&["acme.example"], BackendReply::Echo).await;
+    let proxy = Proxy::start(ProxyConfig::default()).await;
+    proxy.routes.insert("acme.example", backend.addr);
+
+    let mut tls = tls_connect(proxy.addr, "acme.example", &backend.certificate)
+        .await
+        .expect("handshake through the proxy");
+    // The client verified the backend's own certificate: the proxy did not terminate.
+    let (_, session) = tls.get_ref();
+    assert_eq!(
+        session.peer_certificates().unwrap().first(),
+        Some(&backend.certificate)
+    );
+    echo_round_trip(&mut tls, b"GET /api HTTP/1.1\r\n\r\n").await;
+    echo_round_trip(&mut tls, &[7; 100_000]).await;
+    tls.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).await.unwrap();
+    drop(tls);
+    proxy.wait_idle().await;
+
+    let metrics = &proxy.metrics;
+    assert_eq!(metrics.connections("routed", "ok"), 1);
+    assert!(metrics.bytes("acme.example", "in") > 100_000);
+    assert!(metrics.bytes("acme.example", "out") > 100_000);
+
+    let mut registry = Registry::with_prefix("hostplane");
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains(r#"hostplane_proxy_connections_total{result="routed",reason="ok"} 1"#));
+    assert!(
+        text.contains(r#"hostplane_proxy_bytes_total{server_name="acme.example",direction="in"}"#)
+    );
+    assert!(text.contains("hostplane_proxy_active_connections 0"));
+}
+
+#[tokio::test]
+async fn unknown_server_name_is_closed_and_counted() {
+    let backend = TlsBackend::start(&["acme.example", "other.example"], BackendReply::Echo).await;
+    let proxy = Proxy::start(ProxyConfig::default()).await;
+    proxy.routes.insert("acme.example", backend.addr);
+
+    let refused = tls_connect(proxy.addr, "other.example", &backend.certificate).await;
+    assert!(refused.is_err(), "handshake for an unrouted name succeeded");
+    proxy.wait_idle().await;
+    assert_eq!(
+        proxy.metrics.connections("rejected", "unknown_server_name"),
+        1
+    );
+    assert_eq!(proxy.metrics.errors("unknown_server_name"), 1);
+    assert_eq!(proxy.metrics.connections("routed", "ok"), 0);
+}
+
+#[tokio::test]
+async fn plain_http_is_closed_and_counted() {
+    let proxy = Proxy::start(ProxyConfig::default()).await;
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: acme.example\r\n\r\n")
+        .await
+        .unwrap();
+    let (received, _) = read_until_closed(&mut tcp).await;
+    assert!(received.is_empty());
+    proxy.wait_idle().await;
+    assert_eq!(proxy.metrics.connections("rejected", "plain_http"), 1);
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_after_the_hello_timeout() {
+    let timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(ProxyConfig {
+        hello_timeout: timeout,
+        ..ProxyConfig::default()
+    })
+    .await;
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    // Half a hello, then nothing: the timeout covers the whole hello, not each read.
+    let hello = std::fs::read(vector_path("curl.bin")).unwrap();
+    tcp.write_all(&hello[..100]).await.unwrap();
+    let (received, waited) = read_until_closed(&mut tcp).await;
+    assert!(received.is_empty());
+    assert!(waited >= timeout - Duration::from_millis(50), "{waited:?}");
+    proxy.wait_idle().await;
+    assert_eq!(proxy.metrics.connections("rejected", "hello_timeout"), 1);
+}
+
+#[tokio::test]
+async fn route_added_at_run_time_is_used_without_restart() {
+    let backend = TlsBackend::start(&["late.example"], BackendReply::Echo).await;
+    let proxy = Proxy::start(ProxyConfig::default()).await;
+
+    let before = tls_connect(proxy.addr, "late.example", &backend.certificate).await;
+    assert!(before.is_err());
+
+    proxy.routes.insert("late.example", backend.addr);
+    let mut tls = tls_connect(proxy.addr, "late.example", &backend.certificate)
+        .await
+        .expect("handshake after the route was added");
+    echo_round_trip(&mut tls, b"hello").await;
+    drop(tls);
+
+    proxy.routes.remove("late.example");
+    let after = tls_connect(proxy.addr, "late.example", &backend.certificate).await;
+    assert!(after.is_err());
+    proxy.wait_idle().await;
+    assert_eq!(
+        proxy.metrics.connections("rejected", "unknown_server_name"),
+        2
+    );
+    assert_eq!(proxy.metrics.connections("routed", "ok"), 1);
+}
+
+#[tokio::test]
+async fn unreachable_backend_is_counted() {
+    // A port that was just free: nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start(ProxyConfig::default()).await;
+    proxy.routes.insert("acme.example", closed);
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(&std::fs::read(vector_path("rustls.bin")).unwrap())
+        .await
+        .unwrap();
+    read_until_closed(&mut tcp).await;
+    proxy.wait_idle().await;
+    assert_eq!(
+        proxy
+            .metrics
+            .connections("backend_unavailable", "backend_connect"),
+        1
+    );
+}
+
+fn vector_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors")
+        .join(name)
+}
+
+/// A backend that reads until the client half-closes, then sends back everything.
+async fn start_collecting_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut received = Vec::new();
+                if tcp.read_to_end(&mut received).await.is_ok() {
+                    let _ = tcp.write_all(&received).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn hello_read_in_pieces_is_replayed_exactly_and_half_close_works() {
+    let backend = start_collecting_backend().await;
+    let proxy = Proxy::start(ProxyConfig::default()).await;
+    proxy.routes.insert("acme.example", backend);
+
+    // The post-quantum hello, re-framed into two records, arriving in three reads.
+    let hello = std::fs::read(vector_path("kubectl-two-records.bin")).unwrap();
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    for piece in [&hello[..3], &hello[3..710], &hello[710..]] {
+        tcp.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tcp.write_all(b"after the hello").await.unwrap();
+    // The client is done sending; the backend's answer must still come through.
+    tcp.shutdown().await.unwrap();
+    let (received, _) = read_until_closed(&mut tcp).await;
+    assert_eq!(received, [&hello[..], b"after the hello"].concat());
+    proxy.wait_idle().await;
+    assert_eq!(proxy.metrics.connections("routed", "ok"), 1);
+    let expected = u64::try_from(hello.len() + 15).unwrap();
+    assert_eq!(proxy.metrics.bytes("acme.example", "in"), expected);
+    assert_eq!(proxy.metrics.bytes("acme.example", "out"), expected);
+}
+
+/// curl, a client we did not write, through the proxy.
+#[tokio::test]
+async fn curl_reaches_the_tenant_through_the_proxy() {
+    assert!(
+        std::process::Command::new("curl")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "curl is required for this test: apt-get install curl (scripts/deps installs it)"
+    );
+    let backend = TlsBackend::start(&["acme.example"], BackendReply::Http).await;
+    let proxy = Proxy::start(ProxyConfig::default()).await;
+    proxy.routes.insert("acme.example", backend.addr);
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &backend.certificate_pem).unwrap();
+
+    let port = proxy.addr.port();
+    let output = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .arg("--resolve")
+        .arg(format!("acme.example:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(ca.path())
+        .arg(format!("https://acme.example:{port}/"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.stdout, b"hello tenant");
+    proxy.wait_idle().await;
+    assert_eq!(proxy.metrics.connections("routed", "ok"), 1);
+}
