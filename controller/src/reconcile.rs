@@ -225,12 +225,19 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
             return Ok(Action::await_change());
         }
     };
-    match provision_tenant(cp, &plan, ctx).await {
+    let was_ready = cp
+        .status
+        .as_ref()
+        .is_some_and(|s| status::is_ready(&s.conditions));
+    // A starting tenant gets a few seconds to answer within this pass; one that was Ready is
+    // checked once, so an outage is reported at once.
+    let patience = if was_ready {
+        Duration::ZERO
+    } else {
+        ctx.config.startup_wait
+    };
+    match provision_tenant(cp, &plan, ctx, patience).await {
         Ok(Progress::Ready(report)) => {
-            let was_ready = cp
-                .status
-                .as_ref()
-                .is_some_and(|s| status::is_ready(&s.conditions));
             let ready = ConditionState::new(
                 true,
                 reason::AVAILABLE,
@@ -260,10 +267,6 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
             Ok(Action::requeue(requeue))
         }
         Ok(Progress::Starting { endpoint, detail }) => {
-            let was_ready = cp
-                .status
-                .as_ref()
-                .is_some_and(|s| status::is_ready(&s.conditions));
             let (why, message) = if was_ready {
                 (
                     reason::UNAVAILABLE,
@@ -352,6 +355,7 @@ async fn provision_tenant(
     cp: &ControlPlane,
     plan: &TenantPlan,
     ctx: &Context,
+    patience: Duration,
 ) -> Result<Progress, ReconcileError> {
     // The namespace holding the tenant's Secrets.
     Api::<Namespace>::all(ctx.client.clone())
@@ -404,7 +408,7 @@ async fn provision_tenant(
 
     let endpoint = format!("https://127.0.0.1:{}", ports.apiserver);
     let client = tenant_access::controller_client(&endpoint, &pki).await?;
-    if let Err(e) = wait_ready(&client, ctx.config.startup_wait).await {
+    if let Err(e) = wait_ready(&client, patience).await {
         return Ok(Progress::Starting {
             endpoint,
             detail: e.to_string(),
