@@ -31,6 +31,8 @@ enum Command {
     Up(commands::up::UpArgs),
     /// Run the controller against the host cluster of the current kubeconfig.
     Controller(commands::controller::ControllerArgs),
+    /// Serve every tenant on one TLS port, routed by SNI (NAME.DOMAIN), TLS passed through.
+    Proxy(commands::proxy::ProxyArgs),
     /// Create a ControlPlane (and wait until it is Ready).
     Create(commands::manage::CreateArgs),
     /// Delete a ControlPlane (and wait until it is gone).
@@ -63,6 +65,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Up(args) => commands::up::run(args).await,
         Command::Controller(args) => commands::controller::run(args).await,
+        Command::Proxy(args) => commands::proxy::run(args).await,
         Command::Create(args) => commands::manage::create(args).await,
         Command::Delete(args) => commands::manage::delete(args).await,
         Command::List(args) => commands::manage::list(args).await,

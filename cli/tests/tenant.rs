@@ -767,3 +767,90 @@ async fn cli_creates_lists_hands_out_kubeconfigs_and_deletes() {
         out.combined()
     );
 }
+
+/// Tenants through one SNI-routed port: the handed-out kubeconfig points at `hostplane proxy`
+/// and names its tenant by TLS server name; TLS is passed through to the tenant API server.
+#[tokio::test]
+async fn kubectl_reaches_tenants_through_the_sni_proxy() {
+    let port = hostplane_tests::free_port();
+    let address = format!("127.0.0.1:{port}");
+    let bed = Bed::start(&[
+        ("HOSTPLANE_PROXY_ADDRESS", &address),
+        ("HOSTPLANE_TENANT_DOMAIN", "tenants.test"),
+    ])
+    .await;
+    let log = std::fs::File::create(bed.controller.state_dir.join("proxy.log")).unwrap();
+    let mut proxy = std::process::Command::new(env!("CARGO_BIN_EXE_hostplane"))
+        .args([
+            "proxy",
+            "--listen",
+            &address,
+            "--tenant-domain",
+            "tenants.test",
+        ])
+        .env("KUBECONFIG", bed.host.kubeconfig_path())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct KillOnDrop<'a>(&'a mut std::process::Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _proxy = KillOnDrop(&mut proxy);
+
+    let cp = bed.create("via-proxy", "").await;
+    let (path, text) = bed.kubeconfig("via-proxy").await;
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    assert_eq!(
+        config["clusters"][0]["cluster"]["server"],
+        format!("https://{address}").as_str()
+    );
+    assert_eq!(
+        config["clusters"][0]["cluster"]["tls-server-name"],
+        "via-proxy.tenants.test"
+    );
+    let secret = Api::<Secret>::namespaced(bed.host.client(), "via-proxy-system")
+        .get("admin-kubeconfig")
+        .await
+        .unwrap();
+    let incluster =
+        String::from_utf8(secret.data.unwrap()["kubeconfig-incluster"].0.clone()).unwrap();
+    assert!(
+        incluster.contains(cp.status.unwrap().endpoint.as_deref().unwrap()),
+        "in-cluster kubeconfig should dial the tenant directly"
+    );
+
+    // The route appears once the tenant has an endpoint; kubectl then works through the proxy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns", "kube-system"]);
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubectl through the proxy failed: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // A name the proxy does not know is closed, never routed elsewhere.
+    let stranger = bed.controller.state_dir.join("stranger.kubeconfig");
+    std::fs::write(
+        &stranger,
+        text.replace("via-proxy.tenants.test", "nobody.tenants.test"),
+    )
+    .unwrap();
+    let (ok, out) = kubectl_with(kubectl(), &stranger, &["get", "ns"]);
+    assert!(!ok, "an unknown tenant name was served: {out}");
+
+    // Deleting the tenant removes its route.
+    let (ok, out) = bed.host_kubectl(&["delete", "cp", "via-proxy", "--timeout=120s"], None);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns", "--request-timeout=5s"]);
+    assert!(!ok, "a deleted tenant is still reachable: {out}");
+}

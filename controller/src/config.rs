@@ -3,6 +3,21 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Where people reach tenants: the SNI proxy's address and the domain under which each tenant
+/// is named (`<name>.<domain>`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxyAccess {
+    /// host:port of the proxy as clients dial it.
+    pub address: String,
+    pub domain: String,
+}
+
+impl ProxyAccess {
+    pub fn tenant_host(&self, name: &str) -> String {
+        format!("{name}.{}", self.domain)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
     /// Root of the processes runtime: one directory per tenant.
@@ -24,6 +39,8 @@ pub struct ControllerConfig {
     pub startup_wait: Duration,
     /// ControlPlanes reconciled at once.
     pub concurrency: u16,
+    /// When set, handed-out kubeconfigs point at the SNI proxy instead of the tenant directly.
+    pub proxy: Option<ProxyAccess>,
 }
 
 impl ControllerConfig {
@@ -39,6 +56,7 @@ impl ControllerConfig {
             leaf_validity: Duration::from_secs(365 * 24 * 3600),
             startup_wait: Duration::from_secs(10),
             concurrency: 8,
+            proxy: None,
         }
     }
 }

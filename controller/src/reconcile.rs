@@ -379,11 +379,14 @@ async fn provision_tenant(
         .unwrap_or_default();
     let request = PkiRequest {
         cluster_name: plan.name.clone(),
-        apiserver_sans: vec![
+        apiserver_sans: [
             plan.name.clone(),
             format!("{}.{}.svc", plan.name, plan.namespace),
             format!("{}.{}.svc.cluster.local", plan.name, plan.namespace),
-        ],
+        ]
+        .into_iter()
+        .chain(ctx.config.proxy.as_ref().map(|p| p.tenant_host(&plan.name)))
+        .collect(),
         ca_validity: ctx.config.ca_validity,
         leaf_validity: ctx.config.leaf_validity,
     };
@@ -558,6 +561,10 @@ async fn ensure_kubeconfig(
     endpoint: &str,
     pki: &pki::PkiFiles,
 ) -> Result<Timestamp, ReconcileError> {
+    let wanted_server = match &ctx.config.proxy {
+        Some(proxy) => format!("https://{}", proxy.address),
+        None => endpoint.to_string(),
+    };
     let current = get_secret(ctx, &plan.namespace, KUBECONFIG_SECRET).await?;
     let times = current.as_ref().and_then(|s| {
         let a = s.metadata.annotations.as_ref()?;
@@ -568,7 +575,7 @@ async fn ensure_kubeconfig(
     let server_matches = current.as_ref().is_some_and(|s| {
         let data = objects::secret_strings(s);
         data.get(KUBECONFIG_KEY)
-            .is_some_and(|k| k.contains(endpoint))
+            .is_some_and(|k| k.contains(&wanted_server))
             && data.contains_key(KUBECONFIG_INCLUSTER_KEY)
     });
     let fraction = ctx.config.token_renew_fraction;
@@ -587,17 +594,33 @@ async fn ensure_kubeconfig(
     let minted = tenant_access::mint_token(tenant, plan.token_ttl_seconds).await?;
     let ca = pki.get("ca.crt").map(String::as_str).unwrap_or_default();
     let user = format!("{}-admin", plan.name);
-    let config = kubeconfig::to_yaml(&kubeconfig::kubeconfig(
+    let credential = Credential::Token(&minted.token);
+    // Inside the host, workloads reach the tenant directly; people go through the proxy when
+    // there is one, naming the tenant by SNI.
+    let incluster = kubeconfig::to_yaml(&kubeconfig::kubeconfig(
         &plan.name,
         endpoint,
         ca,
         &user,
-        &Credential::Token(&minted.token),
+        &credential,
     ));
+    let external = match &ctx.config.proxy {
+        Some(proxy) => kubeconfig::to_yaml(&kubeconfig::with_tls_server_name(
+            kubeconfig::kubeconfig(
+                &plan.name,
+                &format!("https://{}", proxy.address),
+                ca,
+                &user,
+                &credential,
+            ),
+            &proxy.tenant_host(&plan.name),
+        )),
+        None => incluster.clone(),
+    };
     let secret = objects::kubeconfig_secret(
         plan,
-        &config,
-        &config,
+        &external,
+        &incluster,
         &minted.issued_at.to_string(),
         &minted.expires_at.to_string(),
     );

@@ -5,6 +5,7 @@
 pub mod client_hello;
 pub mod metrics;
 pub mod router;
+pub mod routes;
 
 pub use client_hello::{HelloError, NameError, Parsed, ServerName, parse_client_hello};
 pub use metrics::ProxyMetrics;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use hostplane_controller::config::ControllerConfig;
+use hostplane_controller::config::{ControllerConfig, ProxyAccess};
 use hostplane_controller::reconcile::{self, Context};
 use hostplane_controller::upstream::default_upstream_root;
 
@@ -36,6 +36,13 @@ pub struct ControllerOptions {
     /// ControlPlanes reconciled at once.
     #[arg(long, env = "HOSTPLANE_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
+    /// Address (host:port) of the SNI proxy as people dial it (`hostplane proxy`); when set,
+    /// handed-out kubeconfigs point there and name their tenant by TLS server name.
+    #[arg(long, env = "HOSTPLANE_PROXY_ADDRESS")]
+    pub proxy_address: Option<String>,
+    /// Domain under which tenants are named at the proxy: NAME.DOMAIN.
+    #[arg(long, env = "HOSTPLANE_TENANT_DOMAIN", default_value = DEFAULT_TENANT_DOMAIN)]
+    pub tenant_domain: String,
     /// Serve Prometheus /metrics and /healthz, /readyz on this address (e.g. 127.0.0.1:9464).
     #[arg(long, env = "HOSTPLANE_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -46,6 +53,8 @@ pub struct ControllerArgs {
     #[command(flatten)]
     pub options: ControllerOptions,
 }
+
+pub const DEFAULT_TENANT_DOMAIN: &str = "tenants.hostplane.local";
 
 pub fn default_state_dir() -> PathBuf {
     match std::env::var_os("HOME") {
@@ -72,6 +81,10 @@ impl ControllerOptions {
         config.health_interval = Duration::from_secs(self.health_check_seconds.max(1));
         config.leaf_validity = Duration::from_secs(self.leaf_cert_seconds.max(60));
         config.concurrency = self.concurrency.max(1);
+        config.proxy = self.proxy_address.clone().map(|address| ProxyAccess {
+            address,
+            domain: self.tenant_domain.clone(),
+        });
         Ok(config)
     }
 }

@@ -1,5 +1,6 @@
 pub mod controller;
 pub mod manage;
+pub mod proxy;
 pub mod up;
 
 use std::path::PathBuf;

@@ -44,6 +44,17 @@ pub fn kubeconfig(
         .expect("the kubeconfig built here always matches kube's Kubeconfig type")
 }
 
+/// The same kubeconfig, checking the server certificate for `server_name` (sent as SNI) rather
+/// than the host in the server URL: how a client names its tenant at the shared proxy port.
+pub fn with_tls_server_name(mut config: Kubeconfig, server_name: &str) -> Kubeconfig {
+    for named in &mut config.clusters {
+        if let Some(cluster) = named.cluster.as_mut() {
+            cluster.tls_server_name = Some(server_name.to_string());
+        }
+    }
+    config
+}
+
 /// The kubeconfig as YAML, the form kubectl and people read.
 pub fn to_yaml(config: &Kubeconfig) -> String {
     serde_yaml::to_string(config).expect("a Kubeconfig always serializes")
@@ -87,6 +98,29 @@ current-context: acme
         )
         .unwrap();
         assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn tls_server_name_names_the_tenant_behind_a_shared_address() {
+        let config = with_tls_server_name(
+            kubeconfig(
+                "acme",
+                "https://proxy:9443",
+                "CA",
+                "u",
+                &Credential::Token("t"),
+            ),
+            "acme.tenants.test",
+        );
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&to_yaml(&config)).unwrap();
+        assert_eq!(
+            yaml["clusters"][0]["cluster"]["tls-server-name"],
+            "acme.tenants.test"
+        );
+        assert_eq!(
+            yaml["clusters"][0]["cluster"]["server"],
+            "https://proxy:9443"
+        );
     }
 
     #[test]
