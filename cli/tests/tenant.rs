@@ -854,3 +854,138 @@ async fn kubectl_reaches_tenants_through_the_sni_proxy() {
     let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns", "--request-timeout=5s"]);
     assert!(!ok, "a deleted tenant is still reachable: {out}");
 }
+
+#[tokio::test]
+async fn post_create_hooks_are_applied_tracked_and_repaired() {
+    let bed = Bed::start(&[("HOSTPLANE_HEALTH_CHECK_SECONDS", "3")]).await;
+    let api = bed.cps();
+    // The ControlPlane names a hook that does not exist yet: the tenant is still Ready (hooks do
+    // not hold it by default), and the hook is reported as failed with a reason.
+    bed.apply(
+        "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: hooked\nspec:\n  globalVars:\n    team: blue\n  postCreateHooks:\n  - hookName: greeter\n    vars:\n      greeting: hi\n",
+    );
+    bed.apply(
+        "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: held\nspec:\n  waitForPostCreateHooks: true\n  postCreateHook: absent-hook\n",
+    );
+    wait_ready_state(&api, "hooked", "True", Some("Available"), READY_TIMEOUT).await;
+    let held = wait_ready_state(
+        &api,
+        "held",
+        "False",
+        Some("WaitingForPostCreateHooks"),
+        READY_TIMEOUT,
+    )
+    .await;
+    assert_eq!(
+        condition(&held, "Ready").unwrap().2,
+        "waiting for post-create hooks: absent-hook"
+    );
+    let cp = api.get("hooked").await.unwrap();
+    let status = cp.status.unwrap();
+    assert_eq!(
+        status.hook_statuses[0].message,
+        "PostCreateHook greeter not found"
+    );
+    assert!(!status.post_create_hook_completed);
+    let (_, out) = bed.host_kubectl(&["describe", "cp", "hooked"], None);
+    assert!(
+        out.contains("HookNotFound"),
+        "no Event for the missing hook: {out}"
+    );
+
+    // The hook appears: its objects are rendered with defaultVars < globalVars < vars < built-ins.
+    bed.apply(
+        r#"apiVersion: tenancy.hostplane.io/v1alpha1
+kind: PostCreateHook
+metadata:
+  name: greeter
+spec:
+  defaultVars:
+  - name: greeting
+    value: hello
+  - name: level
+    value: low
+  templates:
+  - apiVersion: v1
+    kind: ConfigMap
+    metadata:
+      name: "{{.ControlPlaneName}}-greeting"
+    data:
+      greeting: "{{.greeting}}"
+      team: "{{.team}}"
+      level: "{{.level}}"
+      namespace: "{{.Namespace}}"
+      hook: "{{.HookName}}"
+"#,
+    );
+    let configmaps = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+        bed.host.client(),
+        "hooked-system",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let cm = loop {
+        if let Some(cm) = configmaps.get_opt("hooked-greeting").await.unwrap() {
+            break cm;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hook's ConfigMap never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let data = cm.data.unwrap();
+    let expected: std::collections::BTreeMap<String, String> = [
+        ("greeting", "hi"),
+        ("team", "blue"),
+        ("level", "low"),
+        ("namespace", "hooked-system"),
+        ("hook", "greeter"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(data, expected);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = api.get("hooked").await.unwrap().status.unwrap();
+        if status.post_create_hook_completed {
+            assert_eq!(status.post_create_hooks.get("greeter"), Some(&true));
+            assert_eq!(
+                status.hook_statuses[0].phase,
+                hostplane_crds::HookPhase::Applied
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hook status never became Applied: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Drift: a deleted hook object comes back.
+    let (ok, out) = bed.host_kubectl(
+        &[
+            "-n",
+            "hooked-system",
+            "delete",
+            "configmap",
+            "hooked-greeting",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while configmaps
+        .get_opt("hooked-greeting")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted hook object was not re-applied"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

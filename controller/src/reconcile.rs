@@ -1,11 +1,14 @@
 //! The reconcile pass: fetch → validate → build → provision → apply → status, wrapped by kube's
 //! finalizer helper so that creation/repair and teardown are separate branches.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
-use hostplane_crds::{ControlPlane, ControlPlaneStatus, DatastoreStatus, SecretReference};
+use hostplane_crds::{
+    ControlPlane, ControlPlaneStatus, DatastoreStatus, HookPhase, HookStatus, SecretReference,
+};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -27,6 +30,7 @@ use crate::build::processes::{BundleInput, KineStore, control_plane_bundle};
 use crate::config::ControllerConfig;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pki::{self, PkiError, PkiRequest};
+use crate::provision::hooks;
 use crate::provision::postgres::{self, PostgresError, SharedPostgres};
 use crate::provision::tenant_access::{self, TenantAccessError};
 use crate::runtime::processes::{ProcessRuntime, RuntimeError};
@@ -44,6 +48,7 @@ mod manager {
     pub const SECRETS: &str = "hostplane-controller-secrets";
     pub const STATUS: &str = "hostplane-controller-status";
     pub const DATASTORE_STATUS: &str = "hostplane-controller-datastore";
+    pub const HOOKS_STATUS: &str = "hostplane-controller-hooks";
 }
 
 /// Why a pass failed; the variant names the step, and becomes the condition reason and the
@@ -238,11 +243,25 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
     };
     match provision_tenant(cp, &plan, ctx, patience).await {
         Ok(Progress::Ready(report)) => {
-            let ready = ConditionState::new(
-                true,
-                reason::AVAILABLE,
-                format!("tenant API server is ready at {}", report.endpoint),
-            );
+            let waiting: Vec<&str> = report
+                .hooks
+                .iter()
+                .filter(|h| h.phase == HookPhase::Failed)
+                .map(|h| h.name.as_str())
+                .collect();
+            let ready = if cp.spec.wait_for_post_create_hooks == Some(true) && !waiting.is_empty() {
+                ConditionState::new(
+                    false,
+                    reason::WAITING_FOR_HOOKS,
+                    format!("waiting for post-create hooks: {}", waiting.join(", ")),
+                )
+            } else {
+                ConditionState::new(
+                    true,
+                    reason::AVAILABLE,
+                    format!("tenant API server is ready at {}", report.endpoint),
+                )
+            };
             let synced = ConditionState::new(true, reason::RECONCILE_SUCCESS, "");
             write_status(ctx, cp, ready, synced, Some(&report)).await?;
             if !was_ready {
@@ -255,6 +274,8 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
                 )
                 .await;
             }
+            record_hooks(ctx, cp, &report.hooks).await?;
+            let hooks_failing = report.hooks.iter().any(|h| h.phase == HookPhase::Failed);
             // Checked again at the health interval, so an outage shows up in status.
             let until_renewal = report.renew_at.duration_since(Timestamp::now());
             let requeue = until_renewal
@@ -264,6 +285,12 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
                     Duration::from_secs(1),
                     ctx.config.health_interval.min(ctx.config.resync),
                 );
+            // A failing hook is retried sooner (a missing PostCreateHook may be created any time).
+            let requeue = if hooks_failing {
+                requeue.min(Duration::from_secs(10))
+            } else {
+                requeue
+            };
             Ok(Action::requeue(requeue))
         }
         Ok(Progress::Starting { endpoint, detail }) => {
@@ -317,6 +344,7 @@ struct ReadyReport {
     endpoint: String,
     version: String,
     renew_at: Timestamp,
+    hooks: Vec<HookStatus>,
 }
 
 async fn get_secret(
@@ -420,10 +448,13 @@ async fn provision_tenant(
     ctx.runtime.mark_api_ready(&key);
     tenant_access::ensure_admin_account(&client).await?;
     let renew_at = ensure_kubeconfig(plan, ctx, &client, &endpoint, &pki).await?;
+    // Hooks run once the tenant answers and its kubeconfig Secret exists.
+    let hooks = hooks::apply_hooks(&ctx.client, cp, plan).await;
     Ok(Progress::Ready(ReadyReport {
         endpoint,
         version: plan.release.version.clone(),
         renew_at,
+        hooks,
     }))
 }
 
@@ -524,6 +555,60 @@ async fn ensure_datastore(
         apply_secret(ctx, &objects::datastore_secret(plan, &password, &url)).await?;
     }
     Ok(KineStore::Postgres { url })
+}
+
+/// KubeFlex's `postCreateHooks` map and `postCreateHookCompleted`, and our `hookStatuses`,
+/// under their own field manager; a Warning Event when a hook newly fails.
+async fn record_hooks(
+    ctx: &Context,
+    cp: &ControlPlane,
+    hooks: &[HookStatus],
+) -> Result<(), ReconcileError> {
+    let previous = cp
+        .status
+        .as_ref()
+        .map(|s| s.hook_statuses.as_slice())
+        .unwrap_or_default();
+    if previous == hooks {
+        return Ok(());
+    }
+    for hook in hooks.iter().filter(|h| h.phase == HookPhase::Failed) {
+        if !previous.contains(hook) {
+            publish(
+                ctx,
+                cp,
+                EventType::Warning,
+                hooks::failure_reason(&hook.message),
+                hook.message.clone(),
+            )
+            .await;
+        }
+    }
+    let applied: BTreeMap<&str, bool> = hooks
+        .iter()
+        .map(|h| (h.name.as_str(), h.phase != HookPhase::Failed))
+        .collect();
+    let patch = json!({
+        "apiVersion": "tenancy.hostplane.io/v1alpha1",
+        "kind": "ControlPlane",
+        "status": {
+            "postCreateHooks": applied,
+            "hookStatuses": hooks,
+            "postCreateHookCompleted": hooks.iter().all(|h| h.phase != HookPhase::Failed),
+        },
+    });
+    Api::<ControlPlane>::all(ctx.client.clone())
+        .patch_status(
+            &cp.name_any(),
+            &PatchParams::apply(manager::HOOKS_STATUS).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(|source| ReconcileError::Apply {
+            what: "status.hookStatuses".into(),
+            source,
+        })?;
+    Ok(())
 }
 
 async fn record_datastore(

@@ -14,6 +14,7 @@ pub mod reason {
     pub const AVAILABLE: &str = "Available";
     pub const UNAVAILABLE: &str = "Unavailable";
     pub const DELETING: &str = "Deleting";
+    pub const WAITING_FOR_HOOKS: &str = "WaitingForPostCreateHooks";
     pub const RECONCILE_SUCCESS: &str = "ReconcileSuccess";
     pub const RECONCILE_ERROR: &str = "ReconcileError";
 }

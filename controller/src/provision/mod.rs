@@ -1,5 +1,6 @@
 //! Step 4: idempotent `ensure_*` of state outside the host API (datastores, credentials inside
 //! the tenant). Each result is recorded before anything relies on it.
 
+pub mod hooks;
 pub mod postgres;
 pub mod tenant_access;
