@@ -588,27 +588,19 @@ async fn record_hooks(
         .iter()
         .map(|h| (h.name.as_str(), h.phase != HookPhase::Failed))
         .collect();
-    let patch = json!({
-        "apiVersion": "tenancy.hostplane.io/v1alpha1",
-        "kind": "ControlPlane",
-        "status": {
-            "postCreateHooks": applied,
-            "hookStatuses": hooks,
-            "postCreateHookCompleted": hooks.iter().all(|h| h.phase != HookPhase::Failed),
-        },
+    let status = json!({
+        "postCreateHooks": applied,
+        "hookStatuses": hooks,
+        "postCreateHookCompleted": hooks.iter().all(|h| h.phase != HookPhase::Failed),
     });
-    Api::<ControlPlane>::all(ctx.client.clone())
-        .patch_status(
-            &cp.name_any(),
-            &PatchParams::apply(manager::HOOKS_STATUS).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map_err(|source| ReconcileError::Apply {
-            what: "status.hookStatuses".into(),
-            source,
-        })?;
-    Ok(())
+    apply_status(
+        ctx,
+        cp,
+        manager::HOOKS_STATUS,
+        "status.hookStatuses",
+        status,
+    )
+    .await
 }
 
 async fn record_datastore(
@@ -619,23 +611,14 @@ async fn record_datastore(
     if cp.status.as_ref().and_then(|s| s.datastore.as_ref()) == Some(&datastore) {
         return Ok(());
     }
-    let patch = json!({
-        "apiVersion": "tenancy.hostplane.io/v1alpha1",
-        "kind": "ControlPlane",
-        "status": { "datastore": datastore },
-    });
-    Api::<ControlPlane>::all(ctx.client.clone())
-        .patch_status(
-            &cp.name_any(),
-            &PatchParams::apply(manager::DATASTORE_STATUS).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-        .map_err(|source| ReconcileError::Apply {
-            what: "status.datastore".into(),
-            source,
-        })?;
-    Ok(())
+    apply_status(
+        ctx,
+        cp,
+        manager::DATASTORE_STATUS,
+        "status.datastore",
+        json!({ "datastore": datastore }),
+    )
+    .await
 }
 
 /// Mints a new token when the handed-out one is due, and returns when the next renewal is.
@@ -759,16 +742,28 @@ async fn write_status(
             in_cluster_key: KUBECONFIG_INCLUSTER_KEY.into(),
         });
     }
+    apply_status(ctx, cp, manager::STATUS, "status", status).await
+}
+
+/// Server-side apply of part of the status, owned by `manager`: fields another call site owns
+/// (through its own manager) are left alone.
+async fn apply_status(
+    ctx: &Context,
+    cp: &ControlPlane,
+    manager: &str,
+    what: &str,
+    status: serde_json::Value,
+) -> Result<(), ReconcileError> {
     let patch = json!({ "apiVersion": "tenancy.hostplane.io/v1alpha1", "kind": "ControlPlane", "status": status });
     Api::<ControlPlane>::all(ctx.client.clone())
         .patch_status(
             &cp.name_any(),
-            &PatchParams::apply(manager::STATUS).force(),
+            &PatchParams::apply(manager).force(),
             &Patch::Apply(patch),
         )
         .await
         .map_err(|source| ReconcileError::Apply {
-            what: "status".into(),
+            what: what.into(),
             source,
         })?;
     Ok(())
