@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use hostplane_controller::build::processes::kube_apiserver_args;
 use hostplane_controller::pki::{PkiFiles, PkiRequest, ensure_pki, issue_client_cert};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tempfile::TempDir;
@@ -77,45 +78,16 @@ impl KubeApiserver {
         for (name, pem) in &pki {
             std::fs::write(pki_dir.join(name), pem).expect("writing a PEM file");
         }
-        let file = |name: &str| pki_dir.join(name).display().to_string();
 
         let port = free_port();
         let url = format!("https://127.0.0.1:{port}");
         let mut command = Command::new(&binaries.kube_apiserver);
-        command.current_dir(dir.path()).args([
-            format!("--etcd-servers={}", storage.endpoint()),
-            format!("--secure-port={port}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            // kube-apiserver 1.37 refuses to start when the `kubernetes` Service's endpoint
-            // would be a loopback address; with no nodes nothing needs those endpoints.
-            "--endpoint-reconciler-type=none".into(),
-            format!(
-                "--cert-dir={}",
-                dir.path().join("generated-certs").display()
-            ),
-            format!("--tls-cert-file={}", file("apiserver.crt")),
-            format!("--tls-private-key-file={}", file("apiserver.key")),
-            format!("--client-ca-file={}", file("ca.crt")),
-            format!("--service-account-key-file={}", file("sa.pub")),
-            format!("--service-account-signing-key-file={}", file("sa.key")),
-            "--service-account-issuer=https://kubernetes.default.svc".into(),
-            "--authorization-mode=Node,RBAC".into(),
-            "--service-cluster-ip-range=10.96.0.0/12".into(),
-            format!(
-                "--requestheader-client-ca-file={}",
-                file("front-proxy-ca.crt")
-            ),
-            format!(
-                "--proxy-client-cert-file={}",
-                file("front-proxy-client.crt")
-            ),
-            format!("--proxy-client-key-file={}", file("front-proxy-client.key")),
-            "--requestheader-allowed-names=front-proxy-client".into(),
-            "--requestheader-username-headers=X-Remote-User".into(),
-            "--requestheader-group-headers=X-Remote-Group".into(),
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-        ]);
+        // The product's own flags, so the test host is configured as tenants are.
+        command.current_dir(dir.path()).args(kube_apiserver_args(
+            &pki_dir,
+            port,
+            &storage.endpoint(),
+        ));
         let process = ManagedProcess::spawn(
             "kube-apiserver",
             command,

@@ -98,6 +98,52 @@ pub const TENANT_GOGC: &str = "50";
 /// The tenant's service network (never routed on the host: the tenant has no nodes by default).
 pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/12";
 
+/// kube-apiserver flags of a tenant (and of the embedded and test hosts): loopback serving,
+/// RBAC+Node authorization, service-account keys, front proxy, bootstrap tokens. `pki_dir`
+/// holds the kubeadm-named files of `pki::ensure_pki`.
+pub fn kube_apiserver_args(pki_dir: &Path, secure_port: u16, etcd_servers: &str) -> Vec<String> {
+    let pki = |f: &str| pki_dir.join(f).to_string_lossy().into_owned();
+    vec![
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--secure-port={secure_port}"),
+        format!("--etcd-servers={etcd_servers}"),
+        format!("--tls-cert-file={}", pki("apiserver.crt")),
+        format!("--tls-private-key-file={}", pki("apiserver.key")),
+        format!("--client-ca-file={}", pki("ca.crt")),
+        format!(
+            "--kubelet-client-certificate={}",
+            pki("apiserver-kubelet-client.crt")
+        ),
+        format!(
+            "--kubelet-client-key={}",
+            pki("apiserver-kubelet-client.key")
+        ),
+        "--service-account-issuer=https://kubernetes.default.svc".into(),
+        format!("--service-account-key-file={}", pki("sa.pub")),
+        format!("--service-account-signing-key-file={}", pki("sa.key")),
+        format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+        "--authorization-mode=Node,RBAC".into(),
+        "--enable-bootstrap-token-auth=true".into(),
+        "--enable-admission-plugins=NodeRestriction".into(),
+        "--allow-privileged=true".into(),
+        format!(
+            "--requestheader-client-ca-file={}",
+            pki("front-proxy-ca.crt")
+        ),
+        format!("--proxy-client-cert-file={}", pki("front-proxy-client.crt")),
+        format!("--proxy-client-key-file={}", pki("front-proxy-client.key")),
+        "--requestheader-allowed-names=front-proxy-client".into(),
+        "--requestheader-username-headers=X-Remote-User".into(),
+        "--requestheader-group-headers=X-Remote-Group".into(),
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+        // The `kubernetes` Service would point at a loopback address, which kube-apiserver
+        // 1.37 refuses; tenants without nodes need no endpoints.
+        "--endpoint-reconciler-type=none".into(),
+        "--profiling=false".into(),
+    ]
+}
+
 pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
     let dir = input.dir;
     let pki = |f: &str| dir.join("pki").join(f).to_string_lossy().into_owned();
@@ -167,45 +213,11 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
     let apiserver = ProcessSpec {
         name: "kube-apiserver",
         program: input.release.kube_apiserver.clone(),
-        args: vec![
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            format!("--secure-port={}", input.ports.apiserver),
-            format!("--etcd-servers=http://127.0.0.1:{}", input.ports.kine),
-            format!("--tls-cert-file={}", pki("apiserver.crt")),
-            format!("--tls-private-key-file={}", pki("apiserver.key")),
-            format!("--client-ca-file={}", pki("ca.crt")),
-            format!(
-                "--kubelet-client-certificate={}",
-                pki("apiserver-kubelet-client.crt")
-            ),
-            format!(
-                "--kubelet-client-key={}",
-                pki("apiserver-kubelet-client.key")
-            ),
-            "--service-account-issuer=https://kubernetes.default.svc".into(),
-            format!("--service-account-key-file={}", pki("sa.pub")),
-            format!("--service-account-signing-key-file={}", pki("sa.key")),
-            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
-            "--authorization-mode=Node,RBAC".into(),
-            "--enable-bootstrap-token-auth=true".into(),
-            "--enable-admission-plugins=NodeRestriction".into(),
-            "--allow-privileged=true".into(),
-            format!(
-                "--requestheader-client-ca-file={}",
-                pki("front-proxy-ca.crt")
-            ),
-            format!("--proxy-client-cert-file={}", pki("front-proxy-client.crt")),
-            format!("--proxy-client-key-file={}", pki("front-proxy-client.key")),
-            "--requestheader-allowed-names=front-proxy-client".into(),
-            "--requestheader-username-headers=X-Remote-User".into(),
-            "--requestheader-group-headers=X-Remote-Group".into(),
-            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
-            // The tenant's `kubernetes` Service would point at a loopback address, which
-            // EndpointSlice validation rejects; tenants without nodes need no endpoints.
-            "--endpoint-reconciler-type=none".into(),
-            "--profiling=false".into(),
-        ],
+        args: kube_apiserver_args(
+            &dir.join("pki"),
+            input.ports.apiserver,
+            &format!("http://127.0.0.1:{}", input.ports.kine),
+        ),
         env: vec![("GOGC".into(), TENANT_GOGC.into())],
         after_api_ready: false,
     };
