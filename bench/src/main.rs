@@ -6,6 +6,11 @@
 //! `ready`: time from `kubectl apply` of a ControlPlane to the first successful tenant
 //! `kubectl get ns`, divided by the time a bare Kine + kube-apiserver (on the same Postgres)
 //! takes from spawn to its first `kubectl get ns`; plus idle RSS per tenant.
+//!
+//! `proxy`: throughput and latency of TLS through hostplane's SNI proxy beside a direct
+//! connection and HAProxy (see proxy.rs).
+
+mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -37,6 +42,24 @@ enum Scenario {
         /// How long a tenant idles before its RSS is read.
         #[arg(long, default_value_t = 20)]
         idle_seconds: u64,
+    },
+    /// TLS through hostplane's SNI proxy vs direct vs HAProxy: throughput, p50/p99 latency.
+    Proxy {
+        /// Interleaved runs of each mode; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Size of the bulk download per mode and run.
+        #[arg(long, default_value_t = 256)]
+        transfer_mib: u64,
+        /// Small request/response round trips per mode and run.
+        #[arg(long, default_value_t = 20_000)]
+        round_trips: usize,
+        /// Persistent connections the round trips take turns on.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// New connections (TCP + TLS handshake + one round trip) per mode and run.
+        #[arg(long, default_value_t = 2_000)]
+        handshakes: usize,
     },
 }
 
@@ -256,6 +279,26 @@ async fn main() -> anyhow::Result<()> {
                 "cargo build --release -p hostplane -p hostplane-bench && target/release/hostplane-bench ready --runs {runs} --idle-seconds {idle_seconds}"
             ),
             ready(runs, Duration::from_secs(idle_seconds)).await?,
+        ),
+        Scenario::Proxy {
+            runs,
+            transfer_mib,
+            round_trips,
+            connections,
+            handshakes,
+        } => (
+            "SNI proxy throughput and latency",
+            format!(
+                "cargo run --release -p hostplane-bench -- proxy --runs {runs} --transfer-mib {transfer_mib} --round-trips {round_trips} --connections {connections} --handshakes {handshakes}"
+            ),
+            proxy::run(proxy::Workload {
+                runs,
+                transfer_bytes: transfer_mib * 1024 * 1024,
+                round_trips,
+                connections,
+                handshakes,
+            })
+            .await?,
         ),
     };
     let section = format!(

@@ -787,6 +787,7 @@ async fn kubectl_reaches_tenants_through_the_sni_proxy() {
             &address,
             "--tenant-domain",
             "tenants.test",
+            "--no-download",
         ])
         .env("KUBECONFIG", bed.host.kubeconfig_path())
         .stdout(log.try_clone().unwrap())
@@ -878,7 +879,7 @@ async fn post_create_hooks_are_applied_tracked_and_repaired() {
     .await;
     assert_eq!(
         condition(&held, "Ready").unwrap().2,
-        "waiting for post-create hooks: absent-hook"
+        "waiting for post-create hooks: absent-hook (Failed)"
     );
     let cp = api.get("hooked").await.unwrap();
     let status = cp.status.unwrap();
@@ -950,15 +951,16 @@ spec:
         let status = api.get("hooked").await.unwrap().status.unwrap();
         if status.post_create_hook_completed {
             assert_eq!(status.post_create_hooks.get("greeter"), Some(&true));
+            // No Jobs: done once applied.
             assert_eq!(
                 status.hook_statuses[0].phase,
-                hostplane_crds::HookPhase::Applied
+                hostplane_crds::HookPhase::Succeeded
             );
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "hook status never became Applied: {status:?}"
+            "hook status never became Succeeded: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -988,4 +990,498 @@ spec:
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// `hostplane proxy` as a subprocess, killed on drop; its log goes to the controller's state dir.
+struct ProxyProcess(std::process::Child);
+
+impl ProxyProcess {
+    fn start(bed: &Bed, address: &str, extra_args: &[&str]) -> Self {
+        let log = std::fs::File::create(bed.controller.state_dir.join("proxy.log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hostplane"))
+            .args([
+                "proxy",
+                "--listen",
+                address,
+                "--tenant-domain",
+                "tenants.test",
+                "--no-download",
+            ])
+            .args(extra_args)
+            .env("KUBECONFIG", bed.host.kubeconfig_path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Resident memory of a process in KiB (0 when it is gone).
+fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Idle tenants hibernate (processes gone, memory freed, data kept); the first connection
+/// through the proxy wakes them and is served; a paused tenant stays asleep.
+#[tokio::test]
+async fn idle_tenants_hibernate_and_wake_on_the_first_connection() {
+    let port = hostplane_tests::free_port();
+    let address = format!("127.0.0.1:{port}");
+    let bed = Bed::start(&[
+        ("HOSTPLANE_PROXY_ADDRESS", &address),
+        ("HOSTPLANE_TENANT_DOMAIN", "tenants.test"),
+    ])
+    .await;
+    let _proxy = ProxyProcess::start(&bed, &address, &["--activity-interval-seconds", "1"]);
+    let api = bed.cps();
+    let cp = bed
+        .create("sleepy", "  hibernation:\n    idleAfterSeconds: 6\n")
+        .await;
+    let (path, _) = bed.kubeconfig("sleepy").await;
+    let dir = bed.tenant_dir(&cp);
+
+    // Traffic through the proxy keeps it awake: write data while it is up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = kubectl_with(
+            kubectl(),
+            &path,
+            &["create", "configmap", "keep", "--from-literal=k=v"],
+        );
+        if ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let pids: Vec<i32> = ["kube-apiserver", "kine", "kube-controller-manager"]
+        .iter()
+        .filter_map(|p| pid_of(&dir, p))
+        .collect();
+    assert_eq!(pids.len(), 3, "tenant processes should run");
+    let rss: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
+
+    // No traffic for idleAfterSeconds: hibernated, processes gone.
+    let hibernated = wait_ready_state(
+        &api,
+        "sleepy",
+        "False",
+        Some("Hibernated"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(hibernated.status.as_ref().unwrap().hibernated_at.is_some());
+    wait_for(
+        "the tenant processes to stop",
+        Duration::from_secs(30),
+        || pids.iter().all(|p| !alive(*p)),
+    )
+    .await;
+    eprintln!("hibernation freed {} MiB of resident memory", rss / 1024);
+    let (_, out) = bed.host_kubectl(&["describe", "cp", "sleepy"], None);
+    assert!(out.contains("Hibernated"), "no Hibernated Event: {out}");
+
+    // The first connection wakes it and is served; the data is intact.
+    let started = std::time::Instant::now();
+    let (ok, out) = kubectl_with(
+        kubectl(),
+        &path,
+        &[
+            "get",
+            "configmap",
+            "keep",
+            "-o",
+            "jsonpath={.data.k}",
+            "--request-timeout=60s",
+        ],
+    );
+    let wake = started.elapsed();
+    assert!(
+        ok,
+        "kubectl through the proxy did not wake the tenant: {out}"
+    );
+    assert_eq!(out.trim(), "v");
+    eprintln!(
+        "wake-on-connect: first response after {} ms",
+        wake.as_millis()
+    );
+    let awake = api.get("sleepy").await.unwrap();
+    assert_eq!(condition(&awake, "Ready").unwrap().0, "True");
+    assert!(awake.status.unwrap().hibernated_at.is_none());
+    assert!(pid_of(&dir, "kube-apiserver").is_some_and(alive));
+
+    // Paused: hibernated at once and connections are refused, not waking it.
+    let (ok, out) = bed.host_kubectl(
+        &[
+            "patch",
+            "cp",
+            "sleepy",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"hibernation":{"paused":true}}}"#,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    wait_ready_state(
+        &api,
+        "sleepy",
+        "False",
+        Some("Hibernated"),
+        Duration::from_secs(60),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns", "--request-timeout=10s"]);
+    assert!(!ok, "a paused tenant was served: {out}");
+    let paused = api.get("sleepy").await.unwrap();
+    assert_eq!(condition(&paused, "Ready").unwrap().1, "Hibernated");
+    assert!(pid_of(&dir, "kube-apiserver").is_none_or(|p| !alive(p)));
+
+    // Unpaused: the next connection wakes it again.
+    let (ok, out) = bed.host_kubectl(
+        &[
+            "patch",
+            "cp",
+            "sleepy",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"hibernation":{"paused":false}}}"#,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, out) = kubectl_with(
+        kubectl(),
+        &path,
+        &["get", "configmap", "keep", "--request-timeout=60s"],
+    );
+    assert!(ok, "an unpaused tenant did not wake: {out}");
+}
+
+/// A hook's Jobs gate Ready under waitForPostCreateHooks; a hook dropped from the spec and the
+/// tenant's deletion remove the hook's objects, cluster-scoped ones included.
+#[tokio::test]
+async fn hook_jobs_gate_ready_and_hook_objects_are_removed() {
+    let bed = Bed::start(&[("HOSTPLANE_HEALTH_CHECK_SECONDS", "3")]).await;
+    let api = bed.cps();
+    bed.apply(
+        r#"apiVersion: tenancy.hostplane.io/v1alpha1
+kind: PostCreateHook
+metadata:
+  name: setup
+spec:
+  templates:
+  - apiVersion: batch/v1
+    kind: Job
+    metadata:
+      name: "{{.ControlPlaneName}}-setup"
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: setup
+            image: busybox
+            command: ["true"]
+  - apiVersion: rbac.authorization.k8s.io/v1
+    kind: ClusterRole
+    metadata:
+      name: "{{.ControlPlaneName}}-reader"
+    rules:
+    - apiGroups: [""]
+      resources: ["configmaps"]
+      verbs: ["get"]
+---
+apiVersion: tenancy.hostplane.io/v1alpha1
+kind: PostCreateHook
+metadata:
+  name: extra
+spec:
+  templates:
+  - apiVersion: v1
+    kind: ConfigMap
+    metadata:
+      name: extra
+    data:
+      a: b
+---
+apiVersion: tenancy.hostplane.io/v1alpha1
+kind: ControlPlane
+metadata:
+  name: jobbed
+spec:
+  waitForPostCreateHooks: true
+  postCreateHooks:
+  - hookName: setup
+  - hookName: extra
+"#,
+    );
+    // No kubelet runs the Job here: the tenant waits for it.
+    let waiting = wait_ready_state(
+        &api,
+        "jobbed",
+        "False",
+        Some("WaitingForPostCreateHooks"),
+        READY_TIMEOUT,
+    )
+    .await;
+    assert_eq!(
+        condition(&waiting, "Ready").unwrap().2,
+        "waiting for post-create hooks: setup (Applied)"
+    );
+    let status = waiting.status.unwrap();
+    assert_eq!(status.post_create_hooks.get("setup"), Some(&true));
+    assert!(!status.post_create_hook_completed);
+    assert!(
+        status.hook_statuses[0]
+            .message
+            .contains("waiting for Jobs jobbed-setup")
+    );
+
+    // The Job succeeds (as its controller would report it): Ready.
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let job_status = format!(
+        r#"{{"status":{{"startTime":"{now}","completionTime":"{now}","succeeded":1,"conditions":[{{"type":"SuccessCriteriaMet","status":"True","lastTransitionTime":"{now}"}},{{"type":"Complete","status":"True","lastTransitionTime":"{now}"}}]}}}}"#
+    );
+    let (ok, out) = bed.host_kubectl(
+        &[
+            "-n",
+            "jobbed-system",
+            "patch",
+            "job",
+            "jobbed-setup",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &job_status,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let ready = wait_ready_state(
+        &api,
+        "jobbed",
+        "True",
+        Some("Available"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let status = ready.status.unwrap();
+    assert!(status.post_create_hook_completed);
+    assert_eq!(
+        status.hook_statuses[0].phase,
+        hostplane_crds::HookPhase::Succeeded
+    );
+    assert_eq!(status.hook_statuses[0].objects.len(), 2);
+
+    // A hook dropped from the spec: its objects go.
+    let (ok, out) = bed.host_kubectl(
+        &[
+            "patch",
+            "cp",
+            "jobbed",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/postCreateHooks/1"}]"#,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let configmaps = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
+        bed.host.client(),
+        "jobbed-system",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while configmaps.get_opt("extra").await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped hook's ConfigMap stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Deleting the tenant removes the cluster-scoped ClusterRole too.
+    let roles = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(bed.host.client());
+    assert!(roles.get_opt("jobbed-reader").await.unwrap().is_some());
+    let (ok, out) = bed.host_kubectl(&["delete", "cp", "jobbed", "--timeout=120s"], None);
+    assert!(ok, "{out}");
+    assert!(
+        roles.get_opt("jobbed-reader").await.unwrap().is_none(),
+        "cluster-scoped hook object leaked"
+    );
+}
+
+/// The built-in kubevirt-nodes hook: one KubeVirt VirtualMachine per node whose cloud-init joins
+/// the tenant with a live bootstrap token; the tenant runs kube-scheduler; scaling node_count
+/// down removes the VM and the tenant's Node for it.
+#[tokio::test]
+async fn kubevirt_nodes_hook_makes_joinable_vms_and_scales_down() {
+    let port = hostplane_tests::free_port();
+    let address = format!("127.0.0.1:{port}");
+    let bed = Bed::start(&[
+        ("HOSTPLANE_PROXY_ADDRESS", &address),
+        ("HOSTPLANE_TENANT_DOMAIN", "tenants.test"),
+        ("HOSTPLANE_HEALTH_CHECK_SECONDS", "3"),
+    ])
+    .await;
+    // The host has KubeVirt's VirtualMachine CRD, as KubeVirt installs it.
+    let mut crd_command = std::process::Command::new(hostplane_tests::kubevirt_check());
+    crd_command.arg("crd");
+    let crd = hostplane_tests::run_command(crd_command, None);
+    assert!(crd.success(), "{}", crd.combined());
+    // Server-side: the CRD is too large for client-side apply's last-applied annotation.
+    let (ok, out) = bed.host_kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd.stdout));
+    assert!(ok, "{out}");
+    let (ok, out) = bed.host_kubectl(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd/virtualmachines.kubevirt.io",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+
+    bed.apply(
+        "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: workers\nspec:\n  postCreateHooks:\n  - hookName: kubevirt-nodes\n    vars:\n      node_count: \"2\"\n",
+    );
+    let cp = wait_ready_state(
+        &bed.cps(),
+        "workers",
+        "True",
+        Some("Available"),
+        READY_TIMEOUT,
+    )
+    .await;
+    let vms = kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        bed.host.client(),
+        "workers-system",
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("kubevirt.io", "v1", "VirtualMachine"),
+            "virtualmachines",
+        ),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let names = loop {
+        let mut names: Vec<String> = vms
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter_map(|vm| vm.metadata.name.clone())
+            .collect();
+        names.sort();
+        if names.len() == 2 {
+            break names;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VMs never appeared: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(names, ["workers-node-0", "workers-node-1"]);
+
+    // The cloud-init joins through the proxy name with a token that exists in the tenant.
+    let vm = serde_json::to_string(&vms.get("workers-node-0").await.unwrap()).unwrap();
+    let join = regex_lite_find(&vm, "kubeadm join ").expect("cloud-init runs kubeadm join");
+    let words: Vec<&str> = join.split_whitespace().collect();
+    assert_eq!(words[2], format!("workers.tenants.test:{port}"));
+    assert_eq!(words[3], "--token");
+    let token = words[4].trim_end_matches(['"', '\\', ',']);
+    assert!(words[6].starts_with("sha256:"), "{join}");
+    let (kubeconfig, _) = bed.kubeconfig("workers").await;
+    // The admin kubeconfig goes through the proxy; talk to the tenant directly instead.
+    let direct = bed.controller.state_dir.join("workers-direct.kubeconfig");
+    let secret = Api::<Secret>::namespaced(bed.host.client(), "workers-system")
+        .get("admin-kubeconfig")
+        .await
+        .unwrap();
+    std::fs::write(&direct, &secret.data.unwrap()["kubeconfig-incluster"].0).unwrap();
+    drop(kubeconfig);
+    let token_id = token.split('.').next().unwrap();
+    let (ok, out) = kubectl_with(
+        kubectl(),
+        &direct,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "secret",
+            &format!("bootstrap-token-{token_id}"),
+        ],
+    );
+    assert!(
+        ok,
+        "the bootstrap token in the VM does not exist in the tenant: {out}"
+    );
+    // A tenant with workers schedules pods.
+    let dir = bed.tenant_dir(&cp);
+    assert!(
+        pid_of(&dir, "kube-scheduler").is_some_and(alive),
+        "no kube-scheduler"
+    );
+
+    // A node joined as VM 1 (its Node object), then node_count goes down to 1.
+    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: workers-node-1\n";
+    let mut apply = std::process::Command::new(kubectl());
+    apply.args(["--kubeconfig", direct.to_str().unwrap(), "apply", "-f", "-"]);
+    let out = hostplane_tests::run_command(apply, Some(node));
+    assert!(out.success(), "{}", out.combined());
+    let (ok, out) = bed.host_kubectl(
+        &[
+            "patch",
+            "cp",
+            "workers",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/postCreateHooks/0/vars/node_count","value":"1"}]"#,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let gone = vms.get_opt("workers-node-1").await.unwrap().is_none();
+        let (_, nodes) = kubectl_with(kubectl(), &direct, &["get", "nodes", "-o", "name"]);
+        if gone && !nodes.contains("workers-node-1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VM 1 or its Node stayed after scaling down (VM gone: {gone}; nodes: {nodes})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(vms.get_opt("workers-node-0").await.unwrap().is_some());
+}
+
+/// The text from `needle` to the end of its line (or JSON string).
+fn regex_lite_find<'a>(haystack: &'a str, needle: &str) -> Option<&'a str> {
+    let start = haystack.find(needle)?;
+    let rest = &haystack[start..];
+    let end = rest.find("\\n").unwrap_or(rest.len());
+    Some(&rest[..end])
 }

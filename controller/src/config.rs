@@ -41,6 +41,11 @@ pub struct ControllerConfig {
     pub concurrency: u16,
     /// When set, handed-out kubeconfigs point at the SNI proxy instead of the tenant directly.
     pub proxy: Option<ProxyAccess>,
+    /// Tenants without `spec.hibernation.idleAfterSeconds` hibernate after this long without
+    /// traffic through the proxy; `None` never.
+    pub idle_after: Option<Duration>,
+    /// A post-create hook's Jobs must complete within this time of its first apply.
+    pub hook_timeout: Duration,
 }
 
 impl ControllerConfig {
@@ -57,6 +62,8 @@ impl ControllerConfig {
             startup_wait: Duration::from_secs(10),
             concurrency: 8,
             proxy: None,
+            idle_after: None,
+            hook_timeout: Duration::from_secs(600),
         }
     }
 }

@@ -85,6 +85,7 @@ impl EmbeddedHost {
             ports,
             pki: &pki,
             store: &KineStore::Sqlite,
+            workers: false,
         });
         progress("starting host Kine, kube-apiserver and kube-controller-manager");
         runtime.ensure(HOST_KEY, &bundle).await?;
@@ -139,7 +140,7 @@ impl EmbeddedHost {
     }
 }
 
-/// Applies hostplane's CRDs and waits until the API server serves them.
+/// Installs the CRDs (waiting until they are served) and the built-in PostCreateHooks.
 pub async fn install_crds(client: &kube::Client) -> Result<(), EmbeddedError> {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
     let pp = PatchParams::apply("hostplane-crds").force();
@@ -154,6 +155,15 @@ pub async fn install_crds(client: &kube::Client) -> Result<(), EmbeddedError> {
             kube::runtime::wait::conditions::is_crd_established(),
         );
         let _ = tokio::time::timeout(Duration::from_secs(60), established).await;
+    }
+    // The hooks hostplane ships (what the Helm chart installs in a real host cluster).
+    let hooks = Api::<hostplane_crds::PostCreateHook>::all(client.clone());
+    for hook in hostplane_hooks::builtin_hooks() {
+        let name = hook.metadata.name.clone().unwrap_or_default();
+        hooks
+            .patch(&name, &pp, &Patch::Apply(&hook))
+            .await
+            .map_err(EmbeddedError::Crds)?;
     }
     Ok(())
 }

@@ -5,7 +5,10 @@
 
 pub mod build;
 pub mod config;
+pub mod download;
 pub mod embedded;
+pub mod hibernation;
+pub mod leader;
 pub mod metrics;
 pub mod pki;
 pub mod provision;

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub reconcile_failures: Family<ReasonLabel, Counter>,
     pub reconcile_duration: Histogram,
     pub provisioning_duration: Histogram,
+    /// 1 while this instance reconciles: it holds the leader Lease, or runs without leader
+    /// election. `/readyz` fails while it is 0, so only the leader is ready.
+    pub leader: Gauge,
     tenants_by_state: Family<StateLabel, Gauge>,
     states: Mutex<HashMap<String, String>>,
 }
@@ -45,6 +48,13 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let provisioning_duration = Histogram::new(exponential_buckets(0.5, 2.0, 12));
         let tenants_by_state = Family::<StateLabel, Gauge>::default();
+        let leader = Gauge::default();
+        leader.set(1);
+        registry.register(
+            "leader",
+            "1 while this instance reconciles (holds the leader Lease, or runs without election)",
+            leader.clone(),
+        );
         registry.register(
             "reconciles",
             "ControlPlane reconcile passes",
@@ -76,6 +86,7 @@ impl Default for Metrics {
             reconcile_failures,
             reconcile_duration,
             provisioning_duration,
+            leader,
             tenants_by_state,
             states: Mutex::default(),
         }
@@ -146,9 +157,15 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                             metrics.encode(),
                         ),
-                        "/healthz" | "/readyz" | "/livez" => {
+                        "/healthz" | "/livez" => respond(StatusCode::OK, "text/plain", "ok".into()),
+                        "/readyz" if metrics.leader.get() == 1 => {
                             respond(StatusCode::OK, "text/plain", "ok".into())
                         }
+                        "/readyz" => respond(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "text/plain",
+                            "standing by: another instance holds the leader Lease\n".into(),
+                        ),
                         _ => respond(
                             StatusCode::NOT_FOUND,
                             "text/plain",

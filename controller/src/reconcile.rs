@@ -9,6 +9,7 @@ use futures::StreamExt;
 use hostplane_crds::{
     ControlPlane, ControlPlaneStatus, DatastoreStatus, HookPhase, HookStatus, SecretReference,
 };
+use hostplane_hooks::{BOOTSTRAP_TOKEN_VAR, CA_CERT_HASH_VAR, JOIN_ENDPOINT_VAR};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -21,6 +22,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
+use crate::build::join::JoinConfig;
 use crate::build::kubeconfig::{self, Credential};
 use crate::build::objects::{
     self, CERTS_SECRET, DATASTORE_SECRET, KUBECONFIG_INCLUSTER_KEY, KUBECONFIG_KEY,
@@ -28,11 +30,12 @@ use crate::build::objects::{
 };
 use crate::build::processes::{BundleInput, KineStore, control_plane_bundle};
 use crate::config::ControllerConfig;
+use crate::hibernation::{self, Decision};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pki::{self, PkiError, PkiRequest};
-use crate::provision::hooks;
 use crate::provision::postgres::{self, PostgresError, SharedPostgres};
 use crate::provision::tenant_access::{self, TenantAccessError};
+use crate::provision::{hooks, join};
 use crate::runtime::processes::{ProcessRuntime, RuntimeError};
 use crate::status::{self, ConditionState, READY, SYNCED, reason};
 use crate::upstream::UpstreamCatalog;
@@ -41,6 +44,10 @@ use crate::validate::{
 };
 
 pub const FINALIZER: &str = "tenancy.hostplane.io/cleanup";
+
+/// Lifetime of the bootstrap tokens worker nodes join with (kubeadm's default); a new one is
+/// made when a third of it remains.
+const JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Field managers, one per call site, so server-side apply never drops another site's fields.
 mod manager {
@@ -230,6 +237,11 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
             return Ok(Action::await_change());
         }
     };
+    let sleep = hibernation::Inputs::of(cp, ctx.config.idle_after, ctx.config.proxy.is_some());
+    let recheck_at = match hibernation::decide(&sleep, Timestamp::now()) {
+        Decision::Hibernate { why } => return hibernate(cp, &plan, ctx, why, &sleep).await,
+        Decision::Run { recheck_at } => recheck_at,
+    };
     let was_ready = cp
         .status
         .as_ref()
@@ -243,11 +255,11 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
     };
     match provision_tenant(cp, &plan, ctx, patience).await {
         Ok(Progress::Ready(report)) => {
-            let waiting: Vec<&str> = report
+            let waiting: Vec<String> = report
                 .hooks
                 .iter()
-                .filter(|h| h.phase == HookPhase::Failed)
-                .map(|h| h.name.as_str())
+                .filter(|h| h.phase != HookPhase::Succeeded)
+                .map(|h| format!("{} ({:?})", h.name, h.phase))
                 .collect();
             let ready = if cp.spec.wait_for_post_create_hooks == Some(true) && !waiting.is_empty() {
                 ConditionState::new(
@@ -275,7 +287,6 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
                 .await;
             }
             record_hooks(ctx, cp, &report.hooks).await?;
-            let hooks_failing = report.hooks.iter().any(|h| h.phase == HookPhase::Failed);
             // Checked again at the health interval, so an outage shows up in status.
             let until_renewal = report.renew_at.duration_since(Timestamp::now());
             let requeue = until_renewal
@@ -285,12 +296,14 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
                     Duration::from_secs(1),
                     ctx.config.health_interval.min(ctx.config.resync),
                 );
-            // A failing hook is retried sooner (a missing PostCreateHook may be created any time).
-            let requeue = if hooks_failing {
-                requeue.min(Duration::from_secs(10))
-            } else {
-                requeue
-            };
+            // Hooks being retried or Jobs being watched bring the pass back sooner.
+            let requeue = report.hooks_recheck_in.map_or(requeue, |r| requeue.min(r));
+            // Back when the tenant would have been idle long enough to hibernate.
+            let requeue = recheck_at
+                .and_then(|at| Duration::try_from(at.duration_since(Timestamp::now())).ok())
+                .map_or(requeue, |idle_in| {
+                    requeue.min(idle_in.max(Duration::from_millis(100)))
+                });
             Ok(Action::requeue(requeue))
         }
         Ok(Progress::Starting { endpoint, detail }) => {
@@ -331,6 +344,32 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
     }
 }
 
+/// Stops the tenant's processes and keeps them stopped, its datastore and Secrets untouched.
+async fn hibernate(
+    cp: &ControlPlane,
+    plan: &TenantPlan,
+    ctx: &Context,
+    why: hibernation::Why,
+    sleep: &hibernation::Inputs,
+) -> Result<Action, ReconcileError> {
+    ctx.runtime.stop(&plan.key()).await;
+    let message = why.message(sleep.idle_after);
+    write_status(
+        ctx,
+        cp,
+        ConditionState::new(false, reason::HIBERNATED, message.clone()),
+        ConditionState::new(true, reason::RECONCILE_SUCCESS, ""),
+        None,
+    )
+    .await?;
+    if sleep.hibernated_at.is_none() {
+        info!(controlplane = %plan.name, "hibernated: {message}");
+        publish(ctx, cp, EventType::Normal, reason::HIBERNATED, message).await;
+    }
+    // A wake request or a spec change arrives as a watch event; the resync is a safety net.
+    Ok(Action::requeue(ctx.config.resync))
+}
+
 enum Progress {
     /// Processes run but the API server does not answer /readyz yet.
     Starting {
@@ -345,6 +384,7 @@ struct ReadyReport {
     version: String,
     renew_at: Timestamp,
     hooks: Vec<HookStatus>,
+    hooks_recheck_in: Option<Duration>,
 }
 
 async fn get_secret(
@@ -434,6 +474,7 @@ async fn provision_tenant(
         ports,
         pki: &pki,
         store: &store,
+        workers: hooks::wants_workers(cp),
     });
     ctx.runtime.ensure(&key, &bundle).await?;
 
@@ -449,12 +490,56 @@ async fn provision_tenant(
     tenant_access::ensure_admin_account(&client).await?;
     let renew_at = ensure_kubeconfig(plan, ctx, &client, &endpoint, &pki).await?;
     // Hooks run once the tenant answers and its kubeconfig Secret exists.
-    let hooks = hooks::apply_hooks(&ctx.client, cp, plan).await;
+    let join_endpoint = match &ctx.config.proxy {
+        // Nodes dial the tenant by name at the proxy (the serving cert carries that name).
+        Some(proxy) => format!(
+            "{}:{}",
+            proxy.tenant_host(&plan.name),
+            proxy
+                .address
+                .rsplit_once(':')
+                .map_or("443", |(_, port)| port)
+        ),
+        None => endpoint.trim_start_matches("https://").to_string(),
+    };
+    let ca_pem = pki.get("ca.crt").cloned().unwrap_or_default();
+    let join_vars: hooks::JoinVars<'_> = Box::new(|| {
+        let (client, join_endpoint, ca_pem) = (&client, &join_endpoint, &ca_pem);
+        Box::pin(async move {
+            let input = join::JoinInput {
+                config: JoinConfig {
+                    cluster_name: &plan.name,
+                    endpoint: join_endpoint,
+                    ca_pem,
+                    kubernetes_version: &plan.release.version,
+                },
+                token_ttl: JOIN_TOKEN_TTL,
+            };
+            let material = join::ensure_join(client, &input)
+                .await
+                .map_err(|e| format!("preparing worker node join: {e}"))?;
+            Ok(BTreeMap::from([
+                (JOIN_ENDPOINT_VAR.to_string(), material.endpoint.clone()),
+                (BOOTSTRAP_TOKEN_VAR.to_string(), material.token.to_string()),
+                (CA_CERT_HASH_VAR.to_string(), material.ca_cert_hash.clone()),
+            ]))
+        })
+    });
+    let pass = hooks::HookPass {
+        timeout: ctx.config.hook_timeout,
+        join_vars,
+        now: Timestamp::now(),
+    };
+    let hooks = hooks::apply_hooks(&ctx.client, cp, plan, &pass).await;
+    if !hooks.removed_nodes.is_empty() {
+        tenant_access::remove_nodes(&client, &hooks.removed_nodes).await?;
+    }
     Ok(Progress::Ready(ReadyReport {
         endpoint,
         version: plan.release.version.clone(),
         renew_at,
-        hooks,
+        hooks: hooks.statuses,
+        hooks_recheck_in: hooks.recheck_in,
     }))
 }
 
@@ -584,14 +669,18 @@ async fn record_hooks(
             .await;
         }
     }
+    // KubeFlex's map says whether each hook's objects were applied.
     let applied: BTreeMap<&str, bool> = hooks
         .iter()
-        .map(|h| (h.name.as_str(), h.phase != HookPhase::Failed))
+        .map(|h| {
+            let applied = matches!(h.phase, HookPhase::Applied | HookPhase::Succeeded);
+            (h.name.as_str(), applied)
+        })
         .collect();
     let status = json!({
         "postCreateHooks": applied,
         "hookStatuses": hooks,
-        "postCreateHookCompleted": hooks.iter().all(|h| h.phase != HookPhase::Failed),
+        "postCreateHookCompleted": hooks::all_succeeded(hooks),
     });
     apply_status(
         ctx,
@@ -712,6 +801,7 @@ async fn write_status(
     ctx.metrics
         .set_tenant_state(&cp.name_any(), Some(&ready.reason));
     let now = Time(Timestamp::now());
+    let hibernated = ready.reason == reason::HIBERNATED;
     let conditions = status::merge_conditions(
         &previous.conditions,
         &[(READY, ready), (SYNCED, synced)],
@@ -733,6 +823,10 @@ async fn write_status(
     }
     if let Some(version) = version {
         status["version"] = json!(version);
+    }
+    // Owned by this field manager: leaving it out of a later status removes it.
+    if hibernated {
+        status["hibernatedAt"] = json!(previous.hibernated_at.unwrap_or(now.clone()));
     }
     if report.is_some() || previous.secret_ref.is_some() {
         status["secretRef"] = json!(SecretReference {
@@ -816,6 +910,13 @@ async fn cleanup_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reco
         _ => {}
     }
 
+    // Cluster-scoped hook objects would outlive the namespace.
+    hooks::remove_all(&ctx.client, cp)
+        .await
+        .map_err(|detail| ReconcileError::Cleanup {
+            what: "post-create hook objects".into(),
+            detail,
+        })?;
     let namespace = system_namespace(&name);
     match Api::<Namespace>::all(ctx.client.clone())
         .delete(&namespace, &DeleteParams::default())

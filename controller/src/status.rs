@@ -15,6 +15,7 @@ pub mod reason {
     pub const UNAVAILABLE: &str = "Unavailable";
     pub const DELETING: &str = "Deleting";
     pub const WAITING_FOR_HOOKS: &str = "WaitingForPostCreateHooks";
+    pub const HIBERNATED: &str = "Hibernated";
     pub const RECONCILE_SUCCESS: &str = "ReconcileSuccess";
     pub const RECONCILE_ERROR: &str = "ReconcileError";
 }

@@ -109,7 +109,37 @@ pub struct ControlPlaneSpec {
     /// Hold Ready=False until every hook's Jobs have succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_for_post_create_hooks: Option<bool>,
+
+    /// When the tenant's processes are stopped to save memory (its datastore is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernation: Option<Hibernation>,
 }
+
+/// Hibernation: an idle tenant's API server and controller-manager are stopped, its data kept;
+/// the first connection through the proxy wakes it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Hibernation {
+    /// Hibernate after this many seconds without a connection through the proxy; 0 never.
+    /// Unset: the controller's default (`--idle-after-seconds`). Needs the proxy, which is
+    /// what sees the traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31536000))]
+    pub idle_after_seconds: Option<i64>,
+
+    /// Hibernate now and stay hibernated, whatever the traffic: connections through the proxy
+    /// are refused until this is false again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+/// Annotation the proxy writes on a ControlPlane: when it last relayed a connection for it
+/// (RFC 3339). The controller hibernates tenants idle for longer than `idleAfterSeconds`.
+pub const LAST_ACTIVITY_ANNOTATION: &str = "tenancy.hostplane.io/last-activity";
+
+/// Annotation the proxy writes on a hibernated ControlPlane when a client connects (RFC 3339);
+/// the controller wakes the tenant.
+pub const WAKE_REQUESTED_ANNOTATION: &str = "tenancy.hostplane.io/wake-requested";
 
 fn default_token_expiration_seconds() -> i64 {
     DEFAULT_TOKEN_EXPIRATION_SECONDS
@@ -234,6 +264,9 @@ pub struct ControlPlaneStatus {
     /// What was provisioned for the tenant's state; written before the finalizer relies on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datastore: Option<DatastoreStatus>,
+    /// Since when the tenant is hibernated (processes stopped); absent while it is awake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernated_at: Option<Time>,
 }
 
 /// Reference to the Secret with the tenant's kubeconfigs (KubeFlex's shape).
@@ -283,8 +316,34 @@ pub struct HookStatus {
     pub phase: HookPhase,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// How many times the hook was applied with a different outcome, or retried after failing.
     #[serde(default)]
     pub attempts: i32,
+    /// When the hook was last applied or retried: the backoff of the next retry counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_time: Option<Time>,
+    /// When the hook's objects were first applied: its Jobs must succeed within the hook
+    /// timeout from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_time: Option<Time>,
+    /// The objects the hook applied, so that ones it no longer renders (and, on delete,
+    /// cluster-scoped ones) are removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 512))]
+    pub objects: Vec<HookObject>,
+}
+
+/// One object a hook applied to the host.
+#[derive(
+    Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HookObject {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -151,9 +151,7 @@ mod tests {
                 "name": format!("{cp}-node-{index}"),
                 "namespace": format!("{cp}-system"),
                 "labels": {
-                    "app.kubernetes.io/managed-by": "hostplane",
-                    "tenancy.hostplane.io/control-plane": cp,
-                    "tenancy.hostplane.io/hook": "kubevirt-nodes"
+                    "app.kubernetes.io/managed-by": "hostplane"
                 }
             },
             "spec": {

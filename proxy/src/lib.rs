@@ -6,7 +6,9 @@ pub mod client_hello;
 pub mod metrics;
 pub mod router;
 pub mod routes;
+pub mod table;
 
 pub use client_hello::{HelloError, NameError, Parsed, ServerName, parse_client_hello};
 pub use metrics::ProxyMetrics;
-pub use router::{ProxyConfig, RouteMap, RouteTable, serve};
+pub use router::{ProxyConfig, serve};
+pub use table::{Route, RouteMap, RouteState};

@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// How a connection ended up: `routed`, `rejected` (the client's fault: no usable
@@ -30,12 +31,28 @@ pub const DIRECTION_IN: &str = "in";
 pub const DIRECTION_OUT: &str = "out";
 
 /// The proxy's metrics. Cheap to clone; clones share their values.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ProxyMetrics {
     connections: Family<ConnectionLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     bytes: Family<TrafficLabels, Counter>,
     active: Gauge,
+    wakes: Counter,
+    wait_seconds: Histogram,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self {
+            connections: Family::default(),
+            errors: Family::default(),
+            bytes: Family::default(),
+            active: Gauge::default(),
+            wakes: Counter::default(),
+            // 50 ms .. ~100 s: a wake takes seconds.
+            wait_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
+        }
+    }
 }
 
 impl ProxyMetrics {
@@ -61,6 +78,29 @@ impl ProxyMetrics {
             "Connections open now",
             self.active.clone(),
         );
+        registry.register(
+            "wakes",
+            "Connections that found their tenant hibernated and asked for it to wake",
+            self.wakes.clone(),
+        );
+        registry.register(
+            "wake_wait_seconds",
+            "How long connections were held until their tenant was ready",
+            self.wait_seconds.clone(),
+        );
+    }
+
+    pub(crate) fn count_wake(&self) {
+        self.wakes.inc();
+    }
+
+    pub(crate) fn observe_wait(&self, waited: std::time::Duration) {
+        self.wait_seconds.observe(waited.as_secs_f64());
+    }
+
+    /// Connections that asked for a hibernated tenant to wake.
+    pub fn wakes(&self) -> u64 {
+        self.wakes.get()
     }
 
     pub(crate) fn count_connection(&self, result: &'static str, reason: &'static str) {

@@ -1,86 +1,23 @@
 //! The passthrough: read the ClientHello under a timeout, pick the backend by its
 //! server name, replay the bytes read, then relay both ways. TLS is never terminated.
 
-use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument, debug, field, info_span, warn};
+use tracing::{Instrument, debug, field, info, info_span, warn};
 
 use crate::client_hello::{
     HelloError, MAX_CLIENT_HELLO_BYTES, Parsed, ServerName, parse_client_hello,
 };
 use crate::metrics::{DIRECTION_IN, DIRECTION_OUT, ProxyMetrics};
-
-/// Where the connections for a server name go.
-pub trait RouteTable: Send + Sync {
-    /// The backend for a (lower-case) server name, if there is one.
-    fn resolve(&self, server_name: &str) -> Option<SocketAddr>;
-}
-
-/// A route table changed at run time (by a watch, later); lookups see every change
-/// at once.
-#[derive(Debug, Default)]
-pub struct RouteMap {
-    routes: RwLock<HashMap<String, SocketAddr>>,
-}
-
-impl RouteMap {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds or replaces a route; returns the backend it replaced.
-    pub fn insert(&self, server_name: &str, backend: SocketAddr) -> Option<SocketAddr> {
-        self.write()
-            .insert(server_name.to_ascii_lowercase(), backend)
-    }
-
-    /// Removes a route; returns its backend.
-    pub fn remove(&self, server_name: &str) -> Option<SocketAddr> {
-        self.write().remove(&server_name.to_ascii_lowercase())
-    }
-
-    /// Replaces every route at once (after a watch restarts, say).
-    pub fn replace_all(&self, routes: impl IntoIterator<Item = (String, SocketAddr)>) {
-        let routes = routes
-            .into_iter()
-            .map(|(name, backend)| (name.to_ascii_lowercase(), backend))
-            .collect();
-        *self.write() = routes;
-    }
-
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
-    }
-
-    // A panic while holding the lock cannot leave the map half-changed (every change
-    // is one HashMap call), so a poisoned lock is still good to use.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, SocketAddr>> {
-        self.routes.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, SocketAddr>> {
-        self.routes.write().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl RouteTable for RouteMap {
-    fn resolve(&self, server_name: &str) -> Option<SocketAddr> {
-        self.read().get(server_name).copied()
-    }
-}
+use crate::table::ActivityGuard;
+pub use crate::table::{Route, RouteMap, RouteState};
 
 /// Settings of the passthrough.
 #[derive(Debug, Clone)]
@@ -91,6 +28,9 @@ pub struct ProxyConfig {
     pub hello_timeout: Duration,
     /// How long connecting to a backend may take.
     pub connect_timeout: Duration,
+    /// How long a connection for a hibernated or starting tenant is held waiting for it to be
+    /// ready, before it is closed.
+    pub wake_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -98,6 +38,7 @@ impl Default for ProxyConfig {
         Self {
             hello_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            wake_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -110,7 +51,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// dropped. Connections already accepted go on after that.
 pub async fn serve(
     listener: TcpListener,
-    routes: Arc<dyn RouteTable>,
+    routes: Arc<RouteMap>,
     config: ProxyConfig,
     metrics: Arc<ProxyMetrics>,
 ) {
@@ -150,6 +91,10 @@ enum Rejection {
     BufferFull,
     #[error("no route for server name {0}")]
     UnknownServerName(ServerName),
+    #[error("tenant {0} is paused (spec.hibernation.paused)")]
+    Paused(String),
+    #[error("tenant {tenant} did not wake within {timeout:?}")]
+    WakeTimeout { tenant: String, timeout: Duration },
     #[error("connecting to the backend failed: {0}")]
     BackendConnect(io::Error),
     #[error("connecting to the backend took longer than {0:?}")]
@@ -159,7 +104,10 @@ enum Rejection {
 impl Rejection {
     fn result(&self) -> &'static str {
         match self {
-            Self::BackendConnect(_) | Self::BackendConnectTimeout(_) => "backend_unavailable",
+            Self::BackendConnect(_)
+            | Self::BackendConnectTimeout(_)
+            | Self::Paused(_)
+            | Self::WakeTimeout { .. } => "backend_unavailable",
             _ => "rejected",
         }
     }
@@ -172,6 +120,8 @@ impl Rejection {
             Self::Hello(error) => error.reason(),
             Self::BufferFull => "hello_buffer_full",
             Self::UnknownServerName(_) => "unknown_server_name",
+            Self::Paused(_) => "tenant_paused",
+            Self::WakeTimeout { .. } => "wake_timeout",
             Self::BackendConnect(_) => "backend_connect",
             Self::BackendConnectTimeout(_) => "backend_connect_timeout",
         }
@@ -180,14 +130,14 @@ impl Rejection {
 
 async fn proxy_connection(
     mut client: TcpStream,
-    routes: Arc<dyn RouteTable>,
+    routes: Arc<RouteMap>,
     config: ProxyConfig,
     metrics: Arc<ProxyMetrics>,
 ) {
     let _active = metrics.track_active();
     let mut hello = Vec::with_capacity(2048);
-    let routed = route(&mut client, &mut hello, routes.as_ref(), &config).await;
-    let (server_name, mut backend) = match routed {
+    let routed = route(&mut client, &mut hello, &routes, &config, &metrics).await;
+    let (server_name, mut backend, _activity) = match routed {
         Ok(routed) => routed,
         Err(rejection) => {
             let reason = rejection.reason();
@@ -235,27 +185,52 @@ async fn proxy_connection(
     }
 }
 
-/// Reads the ClientHello and connects to the backend it names.
+/// Reads the ClientHello and connects to the backend it names, waking a hibernated tenant first.
 async fn route(
     client: &mut TcpStream,
     hello: &mut Vec<u8>,
-    routes: &dyn RouteTable,
+    routes: &Arc<RouteMap>,
     config: &ProxyConfig,
-) -> Result<(ServerName, TcpStream), Rejection> {
+    metrics: &ProxyMetrics,
+) -> Result<(ServerName, TcpStream, ActivityGuard), Rejection> {
     let server_name = tokio::time::timeout(config.hello_timeout, read_server_name(client, hello))
         .await
         .map_err(|_| Rejection::HelloTimeout(config.hello_timeout))??;
     let span = tracing::Span::current();
     span.record("server_name", server_name.as_str());
-    let backend_addr = routes
-        .resolve(server_name.as_str())
+    let route = routes
+        .route(server_name.as_str())
         .ok_or_else(|| Rejection::UnknownServerName(server_name.clone()))?;
+    // Counted from here: a connection waiting for its tenant to wake is traffic too.
+    let activity = routes.connection_opened(&route.tenant);
+    let backend_addr = match route.state {
+        RouteState::Awake => route.backend,
+        RouteState::Paused => return Err(Rejection::Paused(route.tenant)),
+        RouteState::Hibernated | RouteState::Starting => {
+            let started = std::time::Instant::now();
+            if route.state == RouteState::Hibernated {
+                info!(tenant = %route.tenant, "waking hibernated tenant");
+                metrics.count_wake();
+                routes.request_wake(&route.tenant);
+            }
+            let backend = routes
+                .wait_awake(server_name.as_str(), config.wake_timeout)
+                .await
+                .ok_or_else(|| Rejection::WakeTimeout {
+                    tenant: route.tenant.clone(),
+                    timeout: config.wake_timeout,
+                })?;
+            metrics.observe_wait(started.elapsed());
+            info!(tenant = %route.tenant, waited_ms = started.elapsed().as_millis() as u64, "tenant awake; relaying");
+            backend
+        }
+    };
     span.record("backend", field::display(backend_addr));
     let backend = tokio::time::timeout(config.connect_timeout, TcpStream::connect(backend_addr))
         .await
         .map_err(|_| Rejection::BackendConnectTimeout(config.connect_timeout))?
         .map_err(Rejection::BackendConnect)?;
-    Ok((server_name, backend))
+    Ok((server_name, backend, activity))
 }
 
 /// Reads into `hello` until the parser decides. The buffer never grows past
@@ -323,23 +298,5 @@ impl AsyncWrite for CountingStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn route_map_is_case_insensitive_and_changes_at_run_time() {
-        let routes = RouteMap::new();
-        let backend: SocketAddr = "127.0.0.1:6443".parse().unwrap();
-        assert_eq!(routes.insert("Acme.Example", backend), None);
-        assert_eq!(routes.resolve("acme.example"), Some(backend));
-        assert_eq!(routes.remove("ACME.example"), Some(backend));
-        assert_eq!(routes.resolve("acme.example"), None);
-        routes.replace_all([("Other.Example".to_string(), backend)]);
-        assert_eq!(routes.resolve("other.example"), Some(backend));
-        assert_eq!(routes.len(), 1);
     }
 }

@@ -397,3 +397,196 @@ async fn curl_reaches_the_tenant_through_the_proxy() {
     proxy.wait_idle().await;
     assert_eq!(proxy.metrics.connections("routed", "ok"), 1);
 }
+
+/// Slowloris: clients that send part of a hello and stall, or trickle it byte by byte,
+/// are cut at the hello timeout, not before; clients arriving meanwhile are served at
+/// once.
+#[tokio::test]
+async fn stalled_hellos_are_cut_at_the_timeout_while_others_are_served() {
+    const STALLED: usize = 20;
+    const SERVED: usize = 10;
+    let timeout = Duration::from_secs(2);
+    let backend = TlsBackend::start(&["acme.example"], BackendReply::Echo).await;
+    let proxy = Proxy::start(ProxyConfig {
+        hello_timeout: timeout,
+        ..ProxyConfig::default()
+    })
+    .await;
+    proxy.routes.insert("acme.example", backend.addr);
+    let hello = std::fs::read(vector_path("curl.bin")).unwrap();
+
+    let mut stalled = tokio::task::JoinSet::new();
+    for _ in 0..STALLED {
+        let half = hello[..hello.len() / 2].to_vec();
+        let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+        stalled.spawn(async move {
+            tcp.write_all(&half).await.unwrap();
+            read_until_closed(&mut tcp).await
+        });
+    }
+    // Busy but never done: a byte every 20 ms would take 10 s for the whole hello.
+    let mut trickling = TcpStream::connect(proxy.addr).await.unwrap();
+    trickling.set_nodelay(true).unwrap();
+    let trickled = hello.clone();
+    let trickler = tokio::spawn(async move {
+        let started = Instant::now();
+        for byte in trickled {
+            if trickling.write_all(&[byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The write after the close may still succeed (the proxy's socket buffer);
+        // the close shows as the end of the stream.
+        let (received, _) = read_until_closed(&mut trickling).await;
+        (received, started.elapsed())
+    });
+
+    let serving = Instant::now();
+    let mut served = tokio::task::JoinSet::new();
+    for i in 0..SERVED {
+        let (addr, certificate) = (proxy.addr, backend.certificate.clone());
+        served.spawn(async move {
+            let started = Instant::now();
+            let mut tls = tls_connect(addr, "acme.example", &certificate)
+                .await
+                .expect("handshake beside the stalled clients");
+            echo_round_trip(&mut tls, format!("client {i}").as_bytes()).await;
+            started.elapsed()
+        });
+    }
+    while let Some(took) = served.join_next().await {
+        let took = took.unwrap();
+        assert!(took < Duration::from_secs(1), "served after {took:?}");
+    }
+    let all_served = serving.elapsed();
+    assert!(
+        all_served < timeout,
+        "others waited for the stalled: {all_served:?}"
+    );
+    assert_eq!(proxy.metrics.connections("rejected", "hello_timeout"), 0);
+
+    while let Some(result) = stalled.join_next().await {
+        let (received, waited) = result.unwrap();
+        assert!(received.is_empty());
+        // The proxy's clock started at accept, a moment before ours.
+        assert!(
+            waited >= timeout - Duration::from_millis(50),
+            "cut early: {waited:?}"
+        );
+        assert!(
+            waited < timeout + Duration::from_secs(2),
+            "cut late: {waited:?}"
+        );
+    }
+    let (received, trickled_for) = trickler.await.unwrap();
+    assert!(received.is_empty());
+    assert!(
+        trickled_for >= timeout - Duration::from_millis(50)
+            && trickled_for < timeout + Duration::from_secs(2),
+        "trickling client cut after {trickled_for:?}"
+    );
+    proxy.wait_idle().await;
+    let metrics = &proxy.metrics;
+    assert_eq!(
+        metrics.connections("rejected", "hello_timeout"),
+        u64::try_from(STALLED + 1).unwrap()
+    );
+    assert_eq!(
+        metrics.connections("routed", "ok"),
+        u64::try_from(SERVED).unwrap()
+    );
+}
+
+/// The proxy's connection counts as a person reads them on /metrics: reason → count.
+fn rejected_by_reason(metrics: &ProxyMetrics) -> std::collections::BTreeMap<String, u64> {
+    let mut registry = Registry::with_prefix("hostplane");
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let prefix = r#"hostplane_proxy_connections_total{result="rejected",reason=""#;
+    text.lines()
+        .filter_map(|line| {
+            let (reason, count) = line.strip_prefix(prefix)?.split_once(r#""} "#)?;
+            Some((reason.to_string(), count.parse().unwrap()))
+        })
+        .collect()
+}
+
+/// A burst of connections that are not routable TLS: each is closed, counted by its
+/// reason, and the proxy goes on serving.
+#[tokio::test]
+async fn burst_of_garbage_connections_is_counted_by_reason() {
+    const EACH: usize = 25;
+    let backend = TlsBackend::start(&["acme.example"], BackendReply::Echo).await;
+    let proxy = Proxy::start(ProxyConfig::default()).await;
+    proxy.routes.insert("acme.example", backend.addr);
+
+    // Deterministic random bytes (xorshift), so a failure can be replayed.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut random_bytes = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()[0]
+            })
+            .collect()
+    };
+
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..EACH {
+        let addr = proxy.addr;
+        burst.spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let request = format!("GET /api/{i} HTTP/1.1\r\nHost: acme.example\r\n\r\n");
+            tcp.write_all(request.as_bytes()).await.unwrap();
+            read_until_closed(&mut tcp).await.0
+        });
+        let noise = random_bytes(1 + i * 40);
+        burst.spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            // The proxy may close before taking it all; that is its answer.
+            let _ = tcp.write_all(&noise).await;
+            let _ = tcp.shutdown().await;
+            read_until_closed(&mut tcp).await.0
+        });
+        // A real TLS client addressing an IP literal sends no SNI at all.
+        let certificate = backend.certificate.clone();
+        burst.spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let ip = rustls::pki_types::ServerName::from(addr.ip());
+            let refused = tokio::time::timeout(PATIENCE, connector(&certificate).connect(ip, tcp))
+                .await
+                .expect("TLS handshake hung");
+            assert!(refused.is_err(), "handshake without SNI succeeded");
+            Vec::new()
+        });
+        // Opened and closed without a byte, as a health check does.
+        burst.spawn(async move {
+            drop(TcpStream::connect(addr).await.unwrap());
+            Vec::new()
+        });
+    }
+    while let Some(received) = burst.join_next().await {
+        assert!(received.unwrap().is_empty(), "the proxy answered garbage");
+    }
+    proxy.wait_idle().await;
+
+    let rejected = rejected_by_reason(&proxy.metrics);
+    let each = u64::try_from(EACH).unwrap();
+    assert_eq!(rejected.get("plain_http"), Some(&each), "{rejected:?}");
+    assert_eq!(rejected.get("no_sni"), Some(&each), "{rejected:?}");
+    // The noise and the empty connections end in whichever reason their bytes give,
+    // but every one of them is counted.
+    assert_eq!(rejected.values().sum::<u64>(), 4 * each, "{rejected:?}");
+    assert!(rejected.get("client_closed") >= Some(&each), "{rejected:?}");
+    assert_eq!(proxy.metrics.connections("routed", "ok"), 0);
+
+    // Still serving.
+    let mut tls = tls_connect(proxy.addr, "acme.example", &backend.certificate)
+        .await
+        .expect("handshake after the burst");
+    echo_round_trip(&mut tls, b"still here").await;
+}

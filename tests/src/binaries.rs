@@ -18,11 +18,13 @@ pub struct Binaries {
     pub kine: PathBuf,
     pub etcd: PathBuf,
     pub etcdctl: PathBuf,
+    /// helm, for the chart's tests (not a tenant component).
+    pub helm: PathBuf,
     /// Kubernetes version of the kube-* binaries, e.g. "1.37.2" (no leading `v`).
     pub kube_version: String,
 }
 
-const COMPONENTS: [&str; 7] = [
+const COMPONENTS: [&str; 8] = [
     "kube-apiserver",
     "kube-controller-manager",
     "kube-scheduler",
@@ -30,6 +32,7 @@ const COMPONENTS: [&str; 7] = [
     "kine",
     "etcd",
     "etcdctl",
+    "helm",
 ];
 
 const BUILD_HINT: &str = "run `tools/upstream/build` in the repository (it builds the pinned \
@@ -118,6 +121,7 @@ impl Binaries {
             kine: path("kine"),
             etcd: path("etcd"),
             etcdctl: path("etcdctl"),
+            helm: path("helm"),
             kube_version: kube_version.unwrap_or_default(),
         }
     }
@@ -164,5 +168,38 @@ pub fn postgres_bin_dir() -> &'static Path {
                 root.display()
             ),
         }
+    })
+}
+
+/// The `kubevirt-check` program built by `tools/kubevirt-check/build` (KubeVirt's own
+/// VirtualMachine type and CRD), or `HOSTPLANE_KUBEVIRT_CHECK` when set.
+pub fn kubevirt_check() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        const HINT: &str = "run `tools/kubevirt-check/build` in the repository (or scripts/deps)";
+        let path = match std::env::var_os("HOSTPLANE_KUBEVIRT_CHECK") {
+            Some(path) => PathBuf::from(path),
+            None => {
+                let script =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/kubevirt-check/build");
+                let output = Command::new(&script)
+                    .arg("--print")
+                    .output()
+                    .unwrap_or_else(|e| panic!("cannot run {}: {e}; {HINT}", script.display()));
+                assert!(
+                    output.status.success(),
+                    "`{} --print` failed: {}; {HINT}",
+                    script.display(),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+            }
+        };
+        assert!(
+            path.is_file(),
+            "kubevirt-check missing at {}: {HINT}",
+            path.display()
+        );
+        path
     })
 }

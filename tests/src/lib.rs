@@ -26,6 +26,7 @@ mod binaries;
 mod command;
 mod etcd;
 mod kine;
+pub mod node_bootstrap;
 mod ports;
 mod postgres;
 mod probe;
@@ -36,7 +37,7 @@ pub use apiserver::{
     KubeApiserver, Storage, start_apiserver_on_etcd, start_apiserver_on_kine_postgres,
     start_apiserver_on_kine_sqlite,
 };
-pub use binaries::{Binaries, postgres_bin_dir};
+pub use binaries::{Binaries, kubevirt_check, postgres_bin_dir};
 pub use command::{CommandOutput, run_command};
 pub use etcd::Etcd;
 pub use kine::Kine;

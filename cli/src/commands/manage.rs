@@ -5,10 +5,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use hostplane_controller::download::{DownloadClientError, DownloadRequest};
 use hostplane_crds::{BackendType, ControlPlane, ControlPlaneSpec, ControlPlaneType};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::config::Kubeconfig;
+use secrecy::ExposeSecret;
 
 use super::Progress;
 
@@ -56,8 +58,23 @@ pub struct KubeconfigArgs {
     #[arg(long, conflicts_with = "output")]
     pub merge: bool,
     /// The in-cluster variant (for workloads running inside the host cluster).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "url")]
     pub in_cluster: bool,
+    /// Download a freshly minted kubeconfig from this endpoint (`hostplane proxy`'s
+    /// https://HOST:PORT) instead of reading the tenant's Secret on the host.
+    #[arg(long, env = "HOSTPLANE_DOWNLOAD_URL")]
+    pub url: Option<String>,
+    /// Host bearer token to present to --url (default: the token of the current context of
+    /// the host kubeconfig). Only used with --url.
+    #[arg(long, env = "HOSTPLANE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA certificate to trust for --url (default: the system's roots).
+    #[arg(long, requires = "url")]
+    pub ca_file: Option<PathBuf>,
+    /// Lifetime of the downloaded token in seconds (at least 600; capped at the
+    /// ControlPlane's tokenExpirationSeconds, which is the default).
+    #[arg(long, requires = "url")]
+    pub ttl: Option<i64>,
 }
 
 fn backend(name: &str) -> anyhow::Result<BackendType> {
@@ -231,8 +248,70 @@ pub async fn fetch_kubeconfig(
     Ok(String::from_utf8(data.0)?)
 }
 
+/// The bearer token of the current context of the host kubeconfig ($KUBECONFIG or
+/// ~/.kube/config), for presenting to a download endpoint.
+fn current_context_token() -> anyhow::Result<String> {
+    let config = Kubeconfig::read().context("reading the host kubeconfig")?;
+    let context_name = config
+        .current_context
+        .clone()
+        .context("the host kubeconfig has no current context; pass --token")?;
+    let user = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.as_ref())
+        .and_then(|c| c.user.clone())
+        .with_context(|| format!("context {context_name} names no user; pass --token"))?;
+    let auth = config
+        .auth_infos
+        .iter()
+        .find(|a| a.name == user)
+        .and_then(|a| a.auth_info.as_ref())
+        .with_context(|| format!("user {user} is not in the host kubeconfig; pass --token"))?;
+    if let Some(token) = &auth.token {
+        return Ok(token.expose_secret().to_string());
+    }
+    if let Some(file) = &auth.token_file {
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the token file {file} of user {user}"))?;
+        return Ok(token.trim().to_string());
+    }
+    bail!(
+        "user {user} of the current context has no bearer token (client certificates are not \
+         accepted by the download endpoint); pass --token, e.g. from `kubectl create token`"
+    )
+}
+
+/// The kubeconfig from a download endpoint.
+async fn download_kubeconfig(args: &KubeconfigArgs, url: &str) -> anyhow::Result<String> {
+    let token = match &args.token {
+        Some(token) => token.clone(),
+        None => current_context_token()?,
+    };
+    let request = DownloadRequest {
+        url,
+        name: &args.name,
+        token: &token,
+        ca_file: args.ca_file.as_deref(),
+        ttl: args.ttl,
+    };
+    match hostplane_controller::download::download_kubeconfig(&request).await {
+        Ok(text) => Ok(text),
+        Err(DownloadClientError::Refused { status, body }) => bail!(
+            "{url} refused the kubeconfig of {} ({status}): {}",
+            args.name,
+            body.trim()
+        ),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub async fn kubeconfig(args: KubeconfigArgs) -> anyhow::Result<()> {
-    let text = fetch_kubeconfig(host_client().await?, &args.name, args.in_cluster).await?;
+    let text = match &args.url {
+        Some(url) => download_kubeconfig(&args, url).await?,
+        None => fetch_kubeconfig(host_client().await?, &args.name, args.in_cluster).await?,
+    };
     if args.merge {
         let path = std::env::var_os("KUBECONFIG")
             .and_then(|v| std::env::split_paths(&v).next())

@@ -28,6 +28,18 @@ impl ControllerProcess {
         postgres_dsn: Option<String>,
         extra_env: &[(&str, &str)],
     ) -> Self {
+        Self::start_named("controller", host, state_dir, postgres_dsn, extra_env)
+    }
+
+    /// Like `start`, logging to `<state_dir>/<name>.log`, so that several controllers (leader
+    /// and standbys) can share one state directory as replicas on one machine do.
+    pub fn start_named(
+        name: &str,
+        host: &KubeApiserver,
+        state_dir: &Path,
+        postgres_dsn: Option<String>,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let mut me = Self {
             child: None,
             state_dir: state_dir.to_path_buf(),
@@ -37,7 +49,7 @@ impl ControllerProcess {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            log: state_dir.join("controller.log"),
+            log: state_dir.join(format!("{name}.log")),
         };
         me.spawn();
         me
@@ -74,6 +86,31 @@ impl ControllerProcess {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit (SIGKILL after that); the exit status
+    /// when it exited by itself in time.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_ref()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the controller to exit by itself (SIGKILL after that); the
+    /// exit status when it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     pub fn restart(&mut self) {

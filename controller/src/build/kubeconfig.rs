@@ -5,6 +5,8 @@ use base64::engine::general_purpose::STANDARD;
 use kube::config::Kubeconfig;
 use serde_json::json;
 
+use crate::config::ProxyAccess;
+
 /// How a kubeconfig's user authenticates.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Credential<'a> {
@@ -53,6 +55,33 @@ pub fn with_tls_server_name(mut config: Kubeconfig, server_name: &str) -> Kubeco
         }
     }
     config
+}
+
+/// The kubeconfig handed to people for tenant `name` (what the `kubeconfig` key of
+/// `<name>-system/admin-kubeconfig` holds): through the SNI proxy, naming the tenant by TLS
+/// server name, when there is one; else straight to the tenant's `endpoint`.
+pub fn handed_out(
+    name: &str,
+    endpoint: &str,
+    ca_pem: &str,
+    token: &str,
+    proxy: Option<&ProxyAccess>,
+) -> Kubeconfig {
+    let user = format!("{name}-admin");
+    let credential = Credential::Token(token);
+    match proxy {
+        Some(proxy) => with_tls_server_name(
+            kubeconfig(
+                name,
+                &format!("https://{}", proxy.address),
+                ca_pem,
+                &user,
+                &credential,
+            ),
+            &proxy.tenant_host(name),
+        ),
+        None => kubeconfig(name, endpoint, ca_pem, &user, &credential),
+    }
 }
 
 /// The kubeconfig as YAML, the form kubectl and people read.
@@ -120,6 +149,57 @@ current-context: acme
         assert_eq!(
             yaml["clusters"][0]["cluster"]["server"],
             "https://proxy:9443"
+        );
+    }
+
+    #[test]
+    fn handed_out_kubeconfigs_go_through_the_proxy_when_there_is_one() {
+        let proxy = ProxyAccess {
+            address: "proxy:9443".into(),
+            domain: "tenants.test".into(),
+        };
+        let via_proxy: serde_yaml::Value = serde_yaml::from_str(&to_yaml(&handed_out(
+            "acme",
+            "https://127.0.0.1:7443",
+            "CA",
+            "t0k",
+            Some(&proxy),
+        )))
+        .unwrap();
+        let expected: serde_yaml::Value = serde_yaml::from_str(
+            r#"
+apiVersion: v1
+kind: Config
+clusters:
+- name: acme
+  cluster:
+    server: https://proxy:9443
+    certificate-authority-data: Q0E=
+    tls-server-name: acme.tenants.test
+users:
+- name: acme-admin
+  user:
+    token: t0k
+contexts:
+- name: acme
+  context:
+    cluster: acme
+    user: acme-admin
+current-context: acme
+"#,
+        )
+        .unwrap();
+        assert_eq!(via_proxy, expected);
+        let direct = handed_out("acme", "https://127.0.0.1:7443", "CA", "t0k", None);
+        assert_eq!(
+            to_yaml(&direct),
+            to_yaml(&kubeconfig(
+                "acme",
+                "https://127.0.0.1:7443",
+                "CA",
+                "acme-admin",
+                &Credential::Token("t0k")
+            ))
         );
     }
 

@@ -1,6 +1,7 @@
 //! Step 3: pure functions from a validated plan to desired objects, files and process specs.
 //! No I/O here; tests compare whole outputs.
 
+pub mod join;
 pub mod kubeconfig;
 pub mod objects;
 pub mod processes;

@@ -88,6 +88,8 @@ pub struct BundleInput<'a> {
     pub ports: TenantPorts,
     pub pki: &'a PkiFiles,
     pub store: &'a KineStore,
+    /// The tenant has worker nodes: it runs kube-scheduler too.
+    pub workers: bool,
 }
 
 /// Go's GC target for tenant processes: collecting at 50% heap growth instead of 100% cuts an
@@ -248,10 +250,49 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
         after_api_ready: true,
     };
 
-    ControlPlaneBundle {
-        files,
-        processes: vec![kine, apiserver, controller_manager],
+    let mut processes = vec![kine, apiserver, controller_manager];
+    if input.workers {
+        // Pods need placing only when there are nodes to place them on.
+        let scheduler_config = kubeconfig::kubeconfig(
+            input.name,
+            &apiserver_url,
+            ca,
+            "system:kube-scheduler",
+            &Credential::ClientCert {
+                cert_pem: input
+                    .pki
+                    .get("scheduler.crt")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+                key_pem: input
+                    .pki
+                    .get("scheduler.key")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            },
+        );
+        files.insert(
+            PathBuf::from("scheduler.conf"),
+            kubeconfig::to_yaml(&scheduler_config).into_bytes(),
+        );
+        let conf = dir.join("scheduler.conf").to_string_lossy().into_owned();
+        processes.push(ProcessSpec {
+            name: "kube-scheduler",
+            program: input.release.kube_scheduler.clone(),
+            args: vec![
+                format!("--kubeconfig={conf}"),
+                format!("--authentication-kubeconfig={conf}"),
+                format!("--authorization-kubeconfig={conf}"),
+                // Nothing scrapes a tenant scheduler's health: no port to allocate.
+                "--secure-port=0".into(),
+                "--leader-elect=false".into(),
+                "--profiling=false".into(),
+            ],
+            env: vec![("GOGC".into(), TENANT_GOGC.into())],
+            after_api_ready: true,
+        });
     }
+    ControlPlaneBundle { files, processes }
 }
 
 #[cfg(test)]
@@ -283,6 +324,10 @@ mod tests {
     }
 
     fn bundle(store: &KineStore) -> ControlPlaneBundle {
+        bundle_with_workers(store, false)
+    }
+
+    fn bundle_with_workers(store: &KineStore, workers: bool) -> ControlPlaneBundle {
         control_plane_bundle(&BundleInput {
             name: "acme",
             dir: Path::new("/state/acme-1"),
@@ -294,7 +339,42 @@ mod tests {
             },
             pki: &pki(),
             store,
+            workers,
         })
+    }
+
+    #[test]
+    fn a_tenant_with_workers_runs_kube_scheduler_as_system_kube_scheduler() {
+        let b = bundle_with_workers(&KineStore::Sqlite, true);
+        let scheduler = b.processes.last().unwrap();
+        assert_eq!(
+            (
+                scheduler.name,
+                scheduler.program.clone(),
+                scheduler.args.clone(),
+                scheduler.after_api_ready
+            ),
+            (
+                "kube-scheduler",
+                PathBuf::from("/bin/kube-scheduler"),
+                vec![
+                    "--kubeconfig=/state/acme-1/scheduler.conf".to_string(),
+                    "--authentication-kubeconfig=/state/acme-1/scheduler.conf".to_string(),
+                    "--authorization-kubeconfig=/state/acme-1/scheduler.conf".to_string(),
+                    "--secure-port=0".to_string(),
+                    "--leader-elect=false".to_string(),
+                    "--profiling=false".to_string(),
+                ],
+                true
+            )
+        );
+        let conf = String::from_utf8(b.files[Path::new("scheduler.conf")].clone()).unwrap();
+        assert!(conf.contains("system:kube-scheduler"), "{conf}");
+        assert!(
+            !bundle(&KineStore::Sqlite)
+                .files
+                .contains_key(Path::new("scheduler.conf"))
+        );
     }
 
     #[test]

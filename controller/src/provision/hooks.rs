@@ -1,15 +1,31 @@
 //! Post-create hooks: once a tenant is Ready and its kubeconfig Secret exists, every hook the
 //! ControlPlane names is rendered (crate `hooks`) and its objects are applied to the host in
 //! `<cp>-system` with server-side apply, one field manager per hook. Applied on every pass, so
-//! deleted or edited hook objects come back (drift); removed with the tenant's namespace.
+//! deleted or edited hook objects come back (drift); objects a hook no longer renders (a lower
+//! `node_count`, a hook dropped from the spec) are deleted, and so is everything on teardown.
+//!
+//! A hook is `Applied` once its objects are, `Succeeded` once its Jobs have completed (at once
+//! when it has none), `Failed` when applying fails, a Job fails, or its Jobs do not complete
+//! within the hook timeout. A hook that failed to apply is retried with exponential backoff.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
-use hostplane_crds::{ControlPlane, HookPhase, HookStatus, PostCreateHook};
-use hostplane_hooks::{hook_uses, place_in_namespace, render_hook, variables};
-use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use futures::future::BoxFuture;
+use hostplane_crds::{ControlPlane, HookObject, HookPhase, HookStatus, PostCreateHook};
+use hostplane_hooks::{
+    HookUse, KUBEVIRT_NODES, NODE_COUNT_VAR, hook_uses, place_in_namespace, render_hook,
+    render_hook_per_node, variables,
+};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
 use kube::discovery::{self, Scope};
 use serde_json::Value;
+use tracing::{info, warn};
 
 use crate::build::objects::{CONTROLPLANE_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::validate::TenantPlan;
@@ -17,81 +33,391 @@ use crate::validate::TenantPlan;
 /// Label naming the hook an object came from.
 pub const HOOK_LABEL: &str = "tenancy.hostplane.io/hook";
 
+/// First retry of a hook that failed to apply; doubled per attempt up to [`MAX_RETRY_DELAY`].
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Longest wait between retries: a fixed hook object is picked up within this time.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+
 /// Reason on Events when a hook cannot be applied.
 pub fn failure_reason(message: &str) -> &'static str {
     if message.starts_with("PostCreateHook ") && message.ends_with(" not found") {
         "HookNotFound"
+    } else if message.contains("did not complete within") {
+        "HookTimedOut"
     } else {
         "HookFailed"
     }
 }
 
-/// Applies every hook of the ControlPlane; returns one status per hook, in order.
+/// The join built-ins (`JoinEndpoint`, `BootstrapToken`, `CACertHash`) of node hooks, asked for
+/// only when a hook renders nodes.
+pub type JoinVars<'a> =
+    Box<dyn Fn() -> BoxFuture<'a, Result<BTreeMap<String, String>, String>> + Send + Sync + 'a>;
+
+/// Settings and inputs of one pass over the hooks.
+pub struct HookPass<'a> {
+    /// A hook's Jobs must complete within this time of its first apply.
+    pub timeout: Duration,
+    pub join_vars: JoinVars<'a>,
+    pub now: Timestamp,
+}
+
+/// What a pass over the hooks found.
+#[derive(Debug, Default)]
+pub struct HookReport {
+    /// One status per hook in use, in order.
+    pub statuses: Vec<HookStatus>,
+    /// When the pass should run again for the hooks' sake (a retry, a Job being watched).
+    pub recheck_in: Option<Duration>,
+    /// Names of tenant Nodes whose VirtualMachines were removed (the tenant deletes them).
+    pub removed_nodes: Vec<String>,
+}
+
+/// Whether the ControlPlane asks for worker nodes (so its tenant runs kube-scheduler).
+pub fn wants_workers(cp: &ControlPlane) -> bool {
+    hook_uses(cp).iter().any(|u| {
+        u.vars
+            .get(NODE_COUNT_VAR)
+            .map_or(u.hook_name == KUBEVIRT_NODES, |n| {
+                n.trim().parse::<u32>().is_ok_and(|n| n > 0)
+            })
+    })
+}
+
+/// Delay before retry number `attempts` (1 = first retry) of a hook that failed.
+pub fn retry_delay(attempts: i32) -> Duration {
+    let doublings = attempts.saturating_sub(1).clamp(0, 16) as u32;
+    FIRST_RETRY_DELAY
+        .saturating_mul(2u32.saturating_pow(doublings))
+        .min(MAX_RETRY_DELAY)
+}
+
+/// Whether a hook that failed to apply waits for its backoff still; returns the time left.
+pub fn backoff_left(previous: &HookStatus, now: Timestamp) -> Option<Duration> {
+    if previous.phase != HookPhase::Failed || previous.applied_time.is_some() {
+        // Job failures and timeouts are not retried by re-applying: the Job's own backoffLimit
+        // retries, and deleting the failed Job makes the next pass create it again.
+        return None;
+    }
+    let last = previous.last_attempt_time.as_ref()?.0;
+    let due = last
+        .checked_add(SignedDuration::try_from(retry_delay(previous.attempts)).ok()?)
+        .ok()?;
+    let left = due.duration_since(now);
+    Duration::try_from(left).ok().filter(|d| !d.is_zero())
+}
+
+/// Applies every hook of the ControlPlane and removes what hooks no longer render.
 pub async fn apply_hooks(
     client: &kube::Client,
     cp: &ControlPlane,
     plan: &TenantPlan,
-) -> Vec<HookStatus> {
+    pass: &HookPass<'_>,
+) -> HookReport {
     let previous: BTreeMap<String, HookStatus> = cp
         .status
         .iter()
         .flat_map(|s| s.hook_statuses.iter().cloned())
         .map(|h| (h.name.clone(), h))
         .collect();
-    let mut statuses = Vec::new();
-    for hook_use in hook_uses(cp) {
-        let name = hook_use.hook_name.clone();
-        let result = apply_hook(client, cp, plan, &hook_use).await;
-        let before = previous.get(&name);
-        let (phase, message) = match result {
-            Ok(count) => (
-                HookPhase::Applied,
-                format!("{count} objects applied in {}", plan.namespace),
-            ),
-            Err(message) => (HookPhase::Failed, message),
-        };
-        // Attempts count changes of outcome, not passes: a status that changes on every pass
-        // would trigger the next pass at once.
-        let changed = before.is_none_or(|b| b.phase != phase || b.message != message);
-        let attempts = before.map(|b| b.attempts).unwrap_or(0) + i32::from(changed);
-        statuses.push(HookStatus {
-            name,
-            phase,
-            message,
-            attempts,
-        });
+    let mut resources = Resources::default();
+    let mut report = HookReport::default();
+    let uses = hook_uses(cp);
+    for hook_use in &uses {
+        let before = previous.get(&hook_use.hook_name);
+        if let Some(before) = before
+            && let Some(left) = backoff_left(before, pass.now)
+        {
+            report.statuses.push(before.clone());
+            report.recheck_in = min_some(report.recheck_in, left);
+            continue;
+        }
+        let status = apply_hook(
+            client,
+            cp,
+            plan,
+            hook_use,
+            before,
+            pass,
+            &mut resources,
+            &mut report,
+        )
+        .await;
+        if status.phase == HookPhase::Applied {
+            // Jobs are running: look again soon.
+            report.recheck_in = min_some(report.recheck_in, Duration::from_secs(5));
+        }
+        if status.phase == HookPhase::Failed
+            && let Some(left) = backoff_left(&status, pass.now)
+        {
+            report.recheck_in = min_some(report.recheck_in, left);
+        }
+        report.statuses.push(status);
     }
-    statuses
+    // Hooks dropped from the spec: their objects go.
+    for (name, old) in &previous {
+        if !uses.iter().any(|u| &u.hook_name == name) {
+            info!(hook = %name, "hook no longer used; removing its objects");
+            if let Err(e) = delete_objects(client, &old.objects, &mut resources).await {
+                warn!(hook = %name, error = %e, "cannot remove objects of an unused hook");
+            }
+        }
+    }
+    report
 }
 
+fn min_some(current: Option<Duration>, candidate: Duration) -> Option<Duration> {
+    Some(current.map_or(candidate, |c| c.min(candidate)))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn apply_hook(
     client: &kube::Client,
     cp: &ControlPlane,
     plan: &TenantPlan,
-    hook_use: &hostplane_hooks::HookUse,
-) -> Result<usize, String> {
+    hook_use: &HookUse,
+    before: Option<&HookStatus>,
+    pass: &HookPass<'_>,
+    resources: &mut Resources,
+    report: &mut HookReport,
+) -> HookStatus {
+    let now = Time(pass.now);
+    let outcome =
+        render_and_apply(client, cp, plan, hook_use, before, pass, resources, report).await;
+    let applied_ok = outcome.is_ok();
+    let (mut phase, mut message, objects) = match outcome {
+        Ok((objects, jobs)) => {
+            let (phase, message) = match jobs {
+                JobsState::Done(0) => (
+                    HookPhase::Succeeded,
+                    format!("{} objects applied in {}", objects.len(), plan.namespace),
+                ),
+                JobsState::Done(count) => (
+                    HookPhase::Succeeded,
+                    format!("{} objects applied, {count} Jobs succeeded", objects.len()),
+                ),
+                JobsState::Running(names) => (
+                    HookPhase::Applied,
+                    format!(
+                        "{} objects applied; waiting for Jobs {}",
+                        objects.len(),
+                        names.join(", ")
+                    ),
+                ),
+                JobsState::Failed(message) => (HookPhase::Failed, message),
+            };
+            (phase, message, objects)
+        }
+        Err(message) => (
+            HookPhase::Failed,
+            message,
+            before.map(|b| b.objects.clone()).unwrap_or_default(),
+        ),
+    };
+    // Applied since (kept while applying keeps succeeding): the timeout counts from here.
+    let applied_time = if applied_ok {
+        Some(
+            before
+                .and_then(|b| b.applied_time.clone())
+                .unwrap_or(now.clone()),
+        )
+    } else {
+        None
+    };
+    let timeout = SignedDuration::try_from(pass.timeout).unwrap_or(SignedDuration::MAX);
+    if phase == HookPhase::Applied
+        && let Some(since) = &applied_time
+        && pass.now.duration_since(since.0) >= timeout
+    {
+        phase = HookPhase::Failed;
+        message = format!(
+            "{message}; the Jobs did not complete within {}s",
+            pass.timeout.as_secs()
+        );
+    }
+    // Attempts count changes of outcome and retries, not passes: a status that changed on every
+    // pass would trigger the next pass at once.
+    let changed = before.is_none_or(|b| b.phase != phase || b.message != message);
+    let retried = before.is_some_and(|b| b.phase == HookPhase::Failed && b.applied_time.is_none());
+    let attempts = before.map(|b| b.attempts).unwrap_or(0) + i32::from(changed || retried);
+    let last_attempt_time = if changed || retried || before.is_none() {
+        Some(now)
+    } else {
+        before.and_then(|b| b.last_attempt_time.clone())
+    };
+    HookStatus {
+        name: hook_use.hook_name.clone(),
+        phase,
+        message,
+        attempts,
+        last_attempt_time,
+        applied_time,
+        objects,
+    }
+}
+
+enum JobsState {
+    /// Every Job completed; how many there are.
+    Done(usize),
+    Running(Vec<String>),
+    Failed(String),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn render_and_apply(
+    client: &kube::Client,
+    cp: &ControlPlane,
+    plan: &TenantPlan,
+    hook_use: &HookUse,
+    before: Option<&HookStatus>,
+    pass: &HookPass<'_>,
+    resources: &mut Resources,
+    report: &mut HookReport,
+) -> Result<(Vec<HookObject>, JobsState), String> {
     let name = &hook_use.hook_name;
     let hook = Api::<PostCreateHook>::all(client.clone())
         .get_opt(name)
         .await
         .map_err(|e| format!("reading PostCreateHook {name}: {e}"))?
         .ok_or_else(|| format!("PostCreateHook {name} not found"))?;
-    let vars = variables(
+    let mut vars = variables(
         &hook,
         hook_use,
         &plan.name,
         &cp.spec.global_vars,
         &plan.namespace,
     );
-    let objects = render_hook(&hook, &vars).map_err(|e| e.to_string())?;
-    let manager = format!("hostplane-hook-{name}");
-    let manager: String = manager.chars().take(128).collect();
-    for mut object in objects {
+    let rendered = if vars.contains_key(NODE_COUNT_VAR) {
+        vars.extend((pass.join_vars)().await?);
+        render_hook_per_node(&hook, &vars)
+    } else {
+        render_hook(&hook, &vars)
+    }
+    .map_err(|e| e.to_string())?;
+    let manager: String = format!("hostplane-hook-{name}").chars().take(128).collect();
+    let mut applied = Vec::new();
+    let mut jobs = Vec::new();
+    for mut object in rendered {
         place_in_namespace(&mut object, &plan.namespace);
         label(&mut object, &plan.name, name);
-        apply_object(client, &object, &manager).await?;
+        let reference = object_ref(&object);
+        let (api, _) = resources.api(client, &reference).await?;
+        api.patch(
+            &reference.name,
+            &PatchParams::apply(&manager).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .map_err(|e| format!("applying {} {}: {e}", reference.kind, reference.name))?;
+        if reference.api_version == "batch/v1" && reference.kind == "Job" {
+            jobs.push(reference.clone());
+        }
+        applied.push(reference);
     }
-    Ok(hook.spec.templates.len())
+    // What the hook rendered before and no longer does goes (a lower node_count, an edited hook).
+    let stale: Vec<HookObject> = before
+        .map(|b| {
+            b.objects
+                .iter()
+                .filter(|o| !applied.contains(o))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    delete_objects(client, &stale, resources).await?;
+    report.removed_nodes.extend(
+        stale
+            .iter()
+            .filter(|o| o.kind == "VirtualMachine")
+            .map(|o| o.name.clone()),
+    );
+    let jobs = jobs_state(client, &jobs).await?;
+    applied.sort();
+    Ok((applied, jobs))
+}
+
+async fn jobs_state(client: &kube::Client, jobs: &[HookObject]) -> Result<JobsState, String> {
+    let mut running = Vec::new();
+    for reference in jobs {
+        let namespace = reference.namespace.as_deref().unwrap_or_default();
+        let job = Api::<Job>::namespaced(client.clone(), namespace)
+            .get(&reference.name)
+            .await
+            .map_err(|e| format!("reading Job {namespace}/{}: {e}", reference.name))?;
+        let conditions = job
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let holds = |type_: &str| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == "True")
+        };
+        if let Some(failed) = holds("Failed") {
+            return Ok(JobsState::Failed(format!(
+                "Job {namespace}/{} failed: {}{}",
+                reference.name,
+                failed.reason.as_deref().unwrap_or("Failed"),
+                failed
+                    .message
+                    .as_deref()
+                    .map(|m| format!(" ({m})"))
+                    .unwrap_or_default()
+            )));
+        }
+        if holds("Complete").is_none() {
+            running.push(reference.name.clone());
+        }
+    }
+    Ok(if running.is_empty() {
+        JobsState::Done(jobs.len())
+    } else {
+        JobsState::Running(running)
+    })
+}
+
+/// Deletes every object every hook of this ControlPlane applied (teardown): cluster-scoped
+/// ones would outlive the namespace otherwise.
+pub async fn remove_all(client: &kube::Client, cp: &ControlPlane) -> Result<(), String> {
+    let objects: Vec<HookObject> = cp
+        .status
+        .iter()
+        .flat_map(|s| s.hook_statuses.iter())
+        .flat_map(|h| h.objects.iter().cloned())
+        .collect();
+    delete_objects(client, &objects, &mut Resources::default()).await
+}
+
+async fn delete_objects(
+    client: &kube::Client,
+    objects: &[HookObject],
+    resources: &mut Resources,
+) -> Result<(), String> {
+    for object in objects {
+        let api = match resources.api(client, object).await {
+            Ok((api, _)) => api,
+            // The kind is gone from the host (its CRD removed): so are its objects.
+            Err(_) => continue,
+        };
+        match api.delete(&object.name, &DeleteParams::background()).await {
+            Ok(_) => info!(kind = %object.kind, name = %object.name, "removed hook object"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(format!("deleting {} {}: {e}", object.kind, object.name)),
+        }
+    }
+    Ok(())
+}
+
+fn object_ref(object: &Value) -> HookObject {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    HookObject {
+        api_version: text(&object["apiVersion"]),
+        kind: text(&object["kind"]),
+        name: text(&object["metadata"]["name"]),
+        namespace: object["metadata"]["namespace"].as_str().map(str::to_string),
+    }
 }
 
 fn label(object: &mut Value, controlplane: &str, hook: &str) {
@@ -104,26 +430,101 @@ fn label(object: &mut Value, controlplane: &str, hook: &str) {
     labels[HOOK_LABEL] = hook.into();
 }
 
-async fn apply_object(client: &kube::Client, object: &Value, manager: &str) -> Result<(), String> {
-    let api_version = object["apiVersion"].as_str().unwrap_or_default();
-    let kind = object["kind"].as_str().unwrap_or_default();
-    let name = object["metadata"]["name"].as_str().unwrap_or_default();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    let (resource, capabilities) = discovery::pinned_kind(client, &gvk)
-        .await
-        .map_err(|e| format!("the host does not serve {api_version} {kind}: {e}"))?;
-    let api: Api<DynamicObject> =
-        match (capabilities.scope, object["metadata"]["namespace"].as_str()) {
+/// API resources found by discovery, cached for one pass.
+#[derive(Default)]
+struct Resources {
+    found: HashMap<(String, String), (ApiResource, Scope)>,
+}
+
+impl Resources {
+    async fn api(
+        &mut self,
+        client: &kube::Client,
+        object: &HookObject,
+    ) -> Result<(Api<DynamicObject>, Scope), String> {
+        let key = (object.api_version.clone(), object.kind.clone());
+        let (resource, scope) = match self.found.get(&key) {
+            Some(found) => found.clone(),
+            None => {
+                let (group, version) = object
+                    .api_version
+                    .rsplit_once('/')
+                    .unwrap_or(("", &object.api_version));
+                let gvk = GroupVersionKind::gvk(group, version, &object.kind);
+                let (resource, capabilities) =
+                    discovery::pinned_kind(client, &gvk).await.map_err(|e| {
+                        format!(
+                            "the host does not serve {} {}: {e}",
+                            object.api_version, object.kind
+                        )
+                    })?;
+                self.found
+                    .insert(key, (resource.clone(), capabilities.scope.clone()));
+                (resource, capabilities.scope)
+            }
+        };
+        let api = match (&scope, object.namespace.as_deref()) {
             (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &resource),
             _ => Api::all_with(client.clone(), &resource),
         };
-    api.patch(
-        name,
-        &PatchParams::apply(manager).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(|e| format!("applying {kind} {name}: {e}"))?;
-    Ok(())
+        Ok((api, scope))
+    }
+}
+
+/// Whether every hook is done (for `waitForPostCreateHooks` and `postCreateHookCompleted`).
+pub fn all_succeeded(statuses: &[HookStatus]) -> bool {
+    statuses.iter().all(|h| h.phase == HookPhase::Succeeded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(attempts: i32, last: &str) -> HookStatus {
+        HookStatus {
+            name: "h".into(),
+            phase: HookPhase::Failed,
+            message: "PostCreateHook h not found".into(),
+            attempts,
+            last_attempt_time: Some(Time(last.parse().unwrap())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_a_minute() {
+        let delays: Vec<u64> = (1..=6).map(|a| retry_delay(a).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 60, 60]);
+        assert_eq!(retry_delay(i32::MAX), MAX_RETRY_DELAY);
+    }
+
+    #[test]
+    fn a_failed_apply_waits_for_its_backoff_but_a_failed_job_is_not_reapplied_early() {
+        let now: Timestamp = "2026-11-23T12:00:10Z".parse().unwrap();
+        assert_eq!(
+            backoff_left(&failed(3, "2026-11-23T12:00:00Z"), now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(backoff_left(&failed(1, "2026-11-23T12:00:00Z"), now), None);
+        let mut job_failed = failed(3, "2026-11-23T12:00:00Z");
+        job_failed.applied_time = job_failed.last_attempt_time.clone();
+        assert_eq!(backoff_left(&job_failed, now), None);
+    }
+
+    #[test]
+    fn workers_are_wanted_when_a_hook_use_asks_for_nodes() {
+        use hostplane_crds::{ControlPlaneSpec, PostCreateHookUse};
+        let mut cp = ControlPlane::new("acme", ControlPlaneSpec::default());
+        assert!(!wants_workers(&cp));
+        cp.spec.post_create_hooks = vec![PostCreateHookUse {
+            hook_name: Some(KUBEVIRT_NODES.into()),
+            vars: Default::default(),
+        }];
+        assert!(wants_workers(&cp));
+        cp.spec.post_create_hooks[0].vars = [(NODE_COUNT_VAR.to_string(), "0".to_string())].into();
+        assert!(!wants_workers(&cp));
+        cp.spec.post_create_hooks[0].hook_name = Some("my-nodes".into());
+        cp.spec.post_create_hooks[0].vars = [(NODE_COUNT_VAR.to_string(), "2".to_string())].into();
+        assert!(wants_workers(&cp));
+    }
 }

@@ -2,5 +2,6 @@
 //! the tenant). Each result is recorded before anything relies on it.
 
 pub mod hooks;
+pub mod join;
 pub mod postgres;
 pub mod tenant_access;

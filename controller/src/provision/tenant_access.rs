@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::KubeConfigOptions;
 
 use crate::build::kubeconfig::{self, Credential};
@@ -31,6 +31,8 @@ pub enum TenantAccessError {
     Account(kube::Error),
     #[error("requesting a token for {ADMIN_NAMESPACE}/{ADMIN_SERVICE_ACCOUNT}: {0}")]
     TokenRequest(kube::Error),
+    #[error("removing Node {name} of a deleted worker VM: {source}")]
+    RemoveNode { name: String, source: kube::Error },
 }
 
 /// A client for the tenant API server as the controller itself (client certificate, group
@@ -132,6 +134,40 @@ pub async fn ensure_admin_account(client: &kube::Client) -> Result<(), TenantAcc
         .patch(ADMIN_SERVICE_ACCOUNT, &pp, &Patch::Apply(&binding))
         .await
         .map_err(TenantAccessError::Account)?;
+    Ok(())
+}
+
+/// Removes the Nodes of worker VMs that are gone: cordoned first, so nothing is scheduled onto
+/// them meanwhile, then deleted (their kubelets went with the VMs, so there is nothing to drain
+/// cooperatively; pods bound to them are garbage-collected with the Node).
+pub async fn remove_nodes(
+    client: &kube::Client,
+    names: &[String],
+) -> Result<(), TenantAccessError> {
+    let nodes = Api::<Node>::all(client.clone());
+    for name in names {
+        let cordon = serde_json::json!({ "spec": { "unschedulable": true } });
+        let result = match nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&cordon))
+            .await
+        {
+            Ok(_) => nodes
+                .delete(name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => tracing::info!(node = %name, "removed the Node of a deleted worker VM"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(TenantAccessError::RemoveNode {
+                    name: name.clone(),
+                    source,
+                });
+            }
+        }
+    }
     Ok(())
 }
 

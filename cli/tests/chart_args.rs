@@ -1,0 +1,92 @@
+//! The Helm chart starts this binary with flags and environment variables it really has: every
+//! container of `helm template charts/hostplane` is run as `hostplane ARGS --help`, which clap
+//! refuses (exit 2) when a flag is unknown or its value does not parse.
+
+use std::path::Path;
+use std::process::Command;
+
+use hostplane_tests::{Binaries, run_command};
+use serde_json::Value;
+
+fn rendered_containers(values: &[&str]) -> Vec<(String, Value)> {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/hostplane");
+    let home = tempfile::tempdir().expect("helm home");
+    let mut helm = Command::new(&Binaries::get().helm);
+    helm.env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .arg("template")
+        .arg("hp")
+        .arg(&chart)
+        .args(values);
+    let yaml = run_command(helm, None).expect_success("helm template");
+    let mut containers = Vec::new();
+    for document in yaml.split("\n---\n") {
+        let Ok(value) = serde_yaml::from_str::<Value>(document) else {
+            panic!("helm printed invalid YAML:\n{document}");
+        };
+        if value["kind"] != "Deployment" {
+            continue;
+        }
+        let name = value["metadata"]["name"].as_str().unwrap_or_default();
+        for container in value["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .expect("containers")
+        {
+            containers.push((name.to_owned(), container.clone()));
+        }
+    }
+    containers
+}
+
+#[test]
+fn the_chart_passes_only_flags_and_variables_the_binary_has() {
+    let variants: [&[&str]; 3] = [
+        &[],
+        &[
+            "--set",
+            "controller.proxyAddress=tenants.example.com:443",
+            "--set",
+            "controller.postgres.dsnSecret.name=pg-admin",
+            "--set",
+            "proxy.download.tlsSecret=proxy-download-tls",
+        ],
+        &[
+            "--set",
+            "controller.leaderElection.enabled=false",
+            "--set",
+            "proxy.download.enabled=false",
+        ],
+    ];
+    let mut checked = 0;
+    for values in variants {
+        for (deployment, container) in rendered_containers(values) {
+            let args: Vec<String> =
+                serde_json::from_value(container["args"].clone()).expect("container args");
+            let subcommand = args.first().cloned().unwrap_or_default();
+            let mut command = Command::new(env!("CARGO_BIN_EXE_hostplane"));
+            command.args(&args).arg("--help");
+            let out = run_command(command, None);
+            assert!(
+                out.success(),
+                "{deployment}: `hostplane {}` is refused:\n{}",
+                args.join(" "),
+                out.combined()
+            );
+            // Environment variables the chart sets are ones the subcommand reads.
+            for variable in container["env"].as_array().into_iter().flatten() {
+                let name = variable["name"].as_str().unwrap_or_default();
+                assert!(
+                    out.stdout.contains(&format!("env: {name}")),
+                    "{deployment}: `hostplane {subcommand}` does not read {name}:\n{}",
+                    out.stdout
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked, 6,
+        "expected the controller and the proxy, three times"
+    );
+}

@@ -1,0 +1,717 @@
+//! The Helm chart `charts/hostplane`: it lints clean, renders locked-down pods and least-privilege
+//! RBAC, installs into a real kube-apiserver (on etcd) where the controller's ServiceAccount may
+//! do exactly what the controller does, and uninstalls without leaving its objects behind.
+//!
+//! The apiserver has no kubelet, so pods never run: the test checks the objects helm created and
+//! what RBAC lets their identities do, as `kubectl auth can-i` answers it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hostplane_tests::{
+    Binaries, CommandOutput, KubeApiserver, run_command, start_apiserver_on_etcd,
+};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const RELEASE: &str = "hp";
+const NAMESPACE: &str = "hostplane-system";
+const CONTROLLER_SA: &str = "hp-hostplane-controller";
+const PROXY_SA: &str = "hp-hostplane-proxy";
+const LEADER_ELECTION: &str = "hp-hostplane-controller-leader-election";
+/// The controller's Lease: its name is the controller's.
+const LEASE: &str = "leases.coordination.k8s.io/hp-hostplane-controller";
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn chart() -> String {
+    repo("charts/hostplane").display().to_string()
+}
+
+/// helm with its cache, config and data kept in `home`, never in the user's, and no ambient
+/// kubeconfig.
+fn helm(home: &TempDir, args: &[&str]) -> CommandOutput {
+    let mut command = Command::new(&Binaries::get().helm);
+    command
+        .env_remove("KUBECONFIG")
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .args(args);
+    run_command(command, None)
+}
+
+fn helm_home() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("hostplane-helm-")
+        .tempdir()
+        .expect("creating helm's home")
+}
+
+/// `helm template` of the chart with `--set` values, as parsed documents.
+fn render(home: &TempDir, extra: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec!["template", RELEASE, &chart, "--namespace", NAMESPACE];
+    args.extend_from_slice(extra);
+    let yaml = helm(home, &args).expect_success("helm template");
+    split_documents(&yaml)
+}
+
+/// The documents of a multi-document YAML stream, skipping empty ones.
+fn split_documents(yaml: &str) -> Vec<Value> {
+    let mut documents = vec![String::new()];
+    for line in yaml.lines() {
+        if line == "---" {
+            documents.push(String::new());
+        } else if let Some(current) = documents.last_mut() {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    documents
+        .iter()
+        .filter_map(|text| {
+            let value: Value = serde_yaml::from_str(text)
+                .unwrap_or_else(|e| panic!("helm printed invalid YAML ({e}):\n{text}"));
+            (!value.is_null()).then_some(value)
+        })
+        .collect()
+}
+
+fn kinds_and_names(documents: &[Value]) -> BTreeSet<(String, String)> {
+    documents
+        .iter()
+        .map(|d| {
+            (
+                d["kind"].as_str().unwrap_or_default().to_owned(),
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn find<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    documents
+        .iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} not rendered"))
+}
+
+fn set(pairs: &[(&str, &str)]) -> Vec<String> {
+    pairs
+        .iter()
+        .flat_map(|(k, v)| ["--set".to_owned(), format!("{k}={v}")])
+        .collect()
+}
+
+#[test]
+fn chart_lints_clean_and_refuses_unsafe_values() {
+    let home = helm_home();
+    let chart = chart();
+    for values in [
+        set(&[]),
+        set(&[
+            ("controller.postgres.dsnSecret.name", "hostplane-postgres"),
+            ("controller.proxyAddress", "tenants.example.com:443"),
+            ("serviceMonitor.enabled", "true"),
+            ("proxy.service.type", "LoadBalancer"),
+        ]),
+        set(&[
+            ("controller.replicas", "3"),
+            ("proxy.download.tlsSecret", "proxy-download-tls"),
+        ]),
+        set(&[
+            ("proxy.enabled", "false"),
+            ("builtinHooks.kubevirtNodes", "false"),
+            ("controller.leaderElection.enabled", "false"),
+        ]),
+    ] {
+        let mut args = vec!["lint", "--strict", &chart];
+        args.extend(values.iter().map(String::as_str));
+        let out = helm(&home, &args);
+        assert!(
+            out.success(),
+            "helm lint --strict {values:?} failed:\n{}",
+            out.combined()
+        );
+        assert!(
+            out.stdout.contains("0 chart(s) failed"),
+            "{}",
+            out.combined()
+        );
+    }
+
+    // Two controllers running tenants as child processes would start every tenant twice.
+    let out = helm(
+        &home,
+        &[
+            "template",
+            RELEASE,
+            &chart,
+            "--set",
+            "controller.replicas=2",
+            "--set",
+            "controller.leaderElection.enabled=false",
+        ],
+    );
+    assert!(!out.success(), "two unelected controllers rendered");
+    assert!(
+        out.stderr
+            .contains("needs controller.leaderElection.enabled=true"),
+        "{}",
+        out.stderr
+    );
+    // The schema catches misspelt values instead of ignoring them.
+    let out = helm(
+        &home,
+        &["template", RELEASE, &chart, "--set", "controller.replica=2"],
+    );
+    assert!(!out.success(), "a misspelt value was accepted");
+    assert!(out.stderr.contains("replica"), "{}", out.stderr);
+    let out = helm(
+        &home,
+        &[
+            "template",
+            RELEASE,
+            &chart,
+            "--set",
+            "controller.tokens.renewFraction=1.5",
+        ],
+    );
+    assert!(
+        !out.success(),
+        "a token renew fraction above 1 was accepted"
+    );
+    // `--set` passes decimals as strings; a valid one still reaches the flag.
+    let controller = render(&home, &["--set", "controller.tokens.renewFraction=0.9"]);
+    let args = args_of(find(&controller, "Deployment", CONTROLLER_SA));
+    assert!(
+        args.contains(&"--token-renew-fraction=0.9".to_owned()),
+        "{args:?}"
+    );
+}
+
+/// The pod and container security settings of the `restricted` Pod Security Standard, plus a
+/// read-only root filesystem.
+fn assert_locked_down(deployment: &Value) {
+    let name = &deployment["metadata"]["name"];
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
+        "{name}"
+    );
+    let containers = pod["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1, "{name}");
+    let security = &containers[0]["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
+    assert_eq!(security["readOnlyRootFilesystem"], true, "{name}");
+    assert_eq!(security["runAsNonRoot"], true, "{name}");
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]), "{name}");
+    assert_eq!(security["capabilities"].get("add"), None, "{name}");
+    assert_eq!(
+        security["seccompProfile"]["type"], "RuntimeDefault",
+        "{name}"
+    );
+    assert_eq!(security.get("privileged"), None, "{name}");
+}
+
+/// The flags `hostplane SUBCOMMAND` is started with.
+fn args_of(deployment: &Value) -> Vec<String> {
+    serde_json::from_value(deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone())
+        .expect("container args")
+}
+
+#[test]
+fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
+    let home = helm_home();
+    let documents = render(&home, &[]);
+    let expected: BTreeSet<(String, String)> = [
+        ("ServiceAccount", CONTROLLER_SA),
+        ("ServiceAccount", PROXY_SA),
+        ("ClusterRole", CONTROLLER_SA),
+        ("ClusterRoleBinding", CONTROLLER_SA),
+        ("ClusterRole", PROXY_SA),
+        ("ClusterRoleBinding", PROXY_SA),
+        ("Role", LEADER_ELECTION),
+        ("RoleBinding", LEADER_ELECTION),
+        ("Service", "hp-hostplane-controller-metrics"),
+        ("Service", PROXY_SA),
+        ("Service", "hp-hostplane-proxy-metrics"),
+        ("Deployment", CONTROLLER_SA),
+        ("Deployment", PROXY_SA),
+        ("PostCreateHook", "kubevirt-nodes"),
+    ]
+    .iter()
+    .map(|(k, n)| (k.to_string(), n.to_string()))
+    .collect();
+    assert_eq!(kinds_and_names(&documents), expected);
+    for document in &documents {
+        let namespaced = !matches!(
+            document["kind"].as_str(),
+            Some("ClusterRole" | "ClusterRoleBinding" | "PostCreateHook")
+        );
+        if namespaced {
+            assert_eq!(document["metadata"]["namespace"], NAMESPACE, "{document}");
+        }
+        assert_eq!(
+            document["metadata"]["labels"]["app.kubernetes.io/instance"], RELEASE,
+            "{document}"
+        );
+    }
+
+    let controller = find(&documents, "Deployment", CONTROLLER_SA);
+    let proxy = find(&documents, "Deployment", PROXY_SA);
+    assert_locked_down(controller);
+    assert_locked_down(proxy);
+    assert_eq!(
+        controller["spec"]["template"]["spec"]["serviceAccountName"],
+        CONTROLLER_SA
+    );
+    assert_eq!(
+        proxy["spec"]["template"]["spec"]["serviceAccountName"],
+        PROXY_SA
+    );
+    assert_eq!(controller["spec"]["replicas"], 1);
+    assert_eq!(controller["spec"]["strategy"]["type"], "Recreate");
+
+    // Probes hit the controller's metrics server, on the port it is told to serve.
+    let container = &controller["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["ports"][0]["containerPort"], 9464);
+    let controller_args = args_of(controller);
+    assert_eq!(controller_args[0], "controller");
+    for flag in [
+        "--metrics-addr=0.0.0.0:9464",
+        "--state-dir=/var/lib/hostplane/state",
+        "--token-renew-fraction=0.8",
+        "--tenant-domain=tenants.hostplane.local",
+        "--leader-elect",
+        "--leader-election-namespace=hostplane-system",
+        "--leader-election-id=hp-hostplane-controller",
+    ] {
+        assert!(
+            controller_args.iter().any(|a| a == flag),
+            "{flag} missing from {controller_args:?}"
+        );
+    }
+    // That the hostplane binary accepts these flags is checked by cli/tests/chart_args.rs.
+    // The root filesystem is read-only, so the controller's writable paths are volumes.
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    assert_eq!(mounts, ["/var/lib/hostplane/state", "/tmp"]);
+    // No DSN unless a Secret is named; then only as a secretKeyRef, never a literal.
+    assert_eq!(container.get("env"), None);
+    let with_postgres = render(
+        &home,
+        &["--set", "controller.postgres.dsnSecret.name=pg-admin"],
+    );
+    let env = &find(&with_postgres, "Deployment", CONTROLLER_SA)["spec"]["template"]["spec"]["containers"]
+        [0]["env"];
+    assert_eq!(
+        env,
+        &json!([{
+            "name": "HOSTPLANE_POSTGRES_DSN",
+            "valueFrom": {"secretKeyRef": {"name": "pg-admin", "key": "dsn"}}
+        }])
+    );
+
+    // The proxy listens on all interfaces in the pod; its Service forwards 443 there, and the
+    // download port beside it. Its probes use its own metrics server.
+    let proxy_args = args_of(proxy);
+    for flag in [
+        "--listen=0.0.0.0:9443",
+        "--download-listen=0.0.0.0:9444",
+        "--metrics-listen=0.0.0.0:9465",
+    ] {
+        assert!(
+            proxy_args.iter().any(|a| a == flag),
+            "{flag} missing from {proxy_args:?}"
+        );
+    }
+    let proxy_container = &proxy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        proxy_container["livenessProbe"]["httpGet"]["path"],
+        "/healthz"
+    );
+    assert_eq!(
+        proxy_container["readinessProbe"]["httpGet"]["path"],
+        "/readyz"
+    );
+    let proxy_service = find(&documents, "Service", PROXY_SA);
+    assert_eq!(
+        proxy_service["spec"]["ports"],
+        json!([
+            {"name": "tenants", "port": 443, "targetPort": "tenants", "protocol": "TCP"},
+            {"name": "download", "port": 9444, "targetPort": "download", "protocol": "TCP"},
+        ])
+    );
+    // Metrics stay cluster-internal even when the proxy Service is a LoadBalancer.
+    let metrics_service = find(&documents, "Service", "hp-hostplane-proxy-metrics");
+    assert_eq!(metrics_service["spec"]["type"], "ClusterIP");
+    assert_eq!(metrics_service["spec"]["ports"][0]["port"], 9465);
+
+    // No rule anywhere grants a wildcard.
+    for role in documents
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+    {
+        for rule in role["rules"].as_array().expect("rules") {
+            for field in ["apiGroups", "resources", "verbs"] {
+                assert!(
+                    !rule[field].as_array().unwrap().contains(&json!("*")),
+                    "wildcard in {}: {rule}",
+                    role["metadata"]["name"]
+                );
+            }
+        }
+    }
+
+    // The PostCreateHook is the built-in one, field for field.
+    let builtin: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo("hooks/builtin/kubevirt-nodes.yaml")).unwrap(),
+    )
+    .unwrap();
+    let hook = find(&documents, "PostCreateHook", "kubevirt-nodes");
+    assert_eq!(hook["apiVersion"], builtin["apiVersion"]);
+    assert_eq!(hook["spec"], builtin["spec"]);
+    assert_eq!(
+        hook["spec"]["templates"][0]["metadata"]["name"],
+        "{{.ControlPlaneName}}-node-{{.NodeIndex}}"
+    );
+
+    // The ServiceMonitor only when asked for and the API exists (or it is forced).
+    let monitors = |extra: &[&str]| {
+        let mut args = vec!["--set", "serviceMonitor.enabled=true"];
+        args.extend_from_slice(extra);
+        render(&home, &args)
+            .into_iter()
+            .filter(|d| d["kind"] == "ServiceMonitor")
+            .count()
+    };
+    assert_eq!(monitors(&[]), 0);
+    assert_eq!(
+        monitors(&["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"]),
+        1
+    );
+    assert_eq!(monitors(&["--set", "serviceMonitor.force=true"]), 1);
+}
+
+/// `kubectl auth can-i` as a ServiceAccount of the release: whether it said "yes", and all it
+/// printed.
+fn can_i(api: &KubeApiserver, service_account: &str, args: &[&str]) -> (bool, String) {
+    let user = format!("--as=system:serviceaccount:{NAMESPACE}:{service_account}");
+    let mut all = vec!["auth", "can-i", &user, "--request-timeout=30s"];
+    all.extend_from_slice(args);
+    let out = api.run_kubectl(&all);
+    match out.stdout.trim() {
+        "yes" => (true, out.combined()),
+        "no" => (false, out.combined()),
+        _ => panic!("kubectl auth can-i {args:?} answered:\n{}", out.combined()),
+    }
+}
+
+/// A SubjectAccessReview for a kind the test apiserver does not serve (KubeVirt's), which
+/// `kubectl auth can-i` cannot name: it falls back to an unqualified resource name.
+fn review_unserved(
+    api: &KubeApiserver,
+    service_account: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+) -> bool {
+    let review = json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": format!("system:serviceaccount:{NAMESPACE}:{service_account}"),
+            "groups": [
+                "system:serviceaccounts",
+                format!("system:serviceaccounts:{NAMESPACE}"),
+                "system:authenticated"
+            ],
+            "resourceAttributes": {
+                "namespace": "acme-system",
+                "verb": verb,
+                "group": group,
+                "resource": resource
+            }
+        }
+    });
+    let allowed = api
+        .run_kubectl_with_stdin(
+            &[
+                "create",
+                "--request-timeout=30s",
+                "-f",
+                "-",
+                "-o",
+                "jsonpath={.status.allowed}",
+            ],
+            &review.to_string(),
+        )
+        .expect_success("creating a SubjectAccessReview");
+    allowed == "true"
+}
+
+fn assert_can(api: &KubeApiserver, service_account: &str, cases: &[&[&str]]) {
+    for args in cases {
+        let (allowed, said) = can_i(api, service_account, args);
+        assert!(
+            allowed,
+            "{service_account} may not {args:?}, but needs to: {said}"
+        );
+    }
+}
+
+fn assert_cannot(api: &KubeApiserver, service_account: &str, cases: &[&[&str]]) {
+    for args in cases {
+        let (allowed, said) = can_i(api, service_account, args);
+        assert!(
+            !allowed,
+            "{service_account} may {args:?}, which it must not: {said}"
+        );
+    }
+}
+
+fn exists(api: &KubeApiserver, args: &[&str]) -> bool {
+    let mut all = vec![
+        "get",
+        "--request-timeout=30s",
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ];
+    all.extend_from_slice(args);
+    let out = api.run_kubectl(&all).expect_success("kubectl get");
+    !out.trim().is_empty()
+}
+
+const INSTALLED: [&[&str]; 12] = [
+    &["crd", "controlplanes.tenancy.hostplane.io"],
+    &["crd", "postcreatehooks.tenancy.hostplane.io"],
+    &["postcreatehook", "kubevirt-nodes"],
+    &["clusterrole", CONTROLLER_SA],
+    &["clusterrolebinding", CONTROLLER_SA],
+    &["clusterrole", PROXY_SA],
+    &["-n", NAMESPACE, "role", LEADER_ELECTION],
+    &["-n", NAMESPACE, "rolebinding", LEADER_ELECTION],
+    &["-n", NAMESPACE, "serviceaccount", CONTROLLER_SA],
+    &["-n", NAMESPACE, "serviceaccount", PROXY_SA],
+    &["-n", NAMESPACE, "deployment", CONTROLLER_SA],
+    &["-n", NAMESPACE, "deployment", PROXY_SA],
+];
+
+#[tokio::test]
+async fn chart_installs_least_privilege_rbac_into_a_real_apiserver_and_uninstalls() {
+    let api = start_apiserver_on_etcd().await;
+    let home = helm_home();
+    let kubeconfig = api.kubeconfig_path().display().to_string();
+    let chart = chart();
+    let helm_in_cluster = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--kubeconfig", &kubeconfig, "--namespace", NAMESPACE]);
+        helm(&home, &all)
+    };
+
+    let out = helm_in_cluster(&[
+        "install",
+        RELEASE,
+        &chart,
+        "--create-namespace",
+        "--timeout",
+        "90s",
+    ]);
+    assert!(out.success(), "helm install failed:\n{}", out.combined());
+    assert!(out.stdout.contains("STATUS: deployed"), "{}", out.stdout);
+    // NOTES.txt tells the person what to do next.
+    assert!(
+        out.stdout
+            .contains("kubectl wait --for=condition=Ready cp/demo")
+    );
+
+    for object in INSTALLED {
+        assert!(
+            exists(&api, object),
+            "helm install did not create {object:?}"
+        );
+    }
+    let deployment = api
+        .run_kubectl(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "deployment",
+            CONTROLLER_SA,
+            "-o",
+            "json",
+        ])
+        .expect_success("kubectl get deployment");
+    let deployment: Value = serde_json::from_str(&deployment).unwrap();
+    assert_locked_down(&deployment);
+    // The built-in hook is served with its templates intact, placeholders and all.
+    let template_name = api
+        .run_kubectl(&[
+            "get",
+            "pch",
+            "kubevirt-nodes",
+            "-o",
+            "jsonpath={.spec.templates[0].metadata.name}",
+        ])
+        .expect_success("kubectl get pch");
+    assert_eq!(template_name, "{{.ControlPlaneName}}-node-{{.NodeIndex}}");
+
+    // What the controller does, it may do.
+    assert_can(
+        &api,
+        CONTROLLER_SA,
+        &[
+            &["watch", "controlplanes.tenancy.hostplane.io"],
+            &["patch", "controlplanes.tenancy.hostplane.io"],
+            &[
+                "patch",
+                "controlplanes.tenancy.hostplane.io",
+                "--subresource=status",
+            ],
+            &[
+                "update",
+                "controlplanes.tenancy.hostplane.io",
+                "--subresource=finalizers",
+            ],
+            &["list", "postcreatehooks.tenancy.hostplane.io"],
+            &["create", "namespaces"],
+            &["delete", "namespaces"],
+            &["create", "secrets", "-n", "acme-system"],
+            &["patch", "secrets", "-n", "acme-system"],
+            // Bootstrap and datastore Secrets users name live in their own namespaces.
+            &["get", "secrets", "-n", "team-a"],
+            &["create", "events.events.k8s.io", "-n", "default"],
+            &["patch", "events.events.k8s.io", "-n", "default"],
+            // Objects of the default hook kinds.
+            &["create", "jobs.batch", "-n", "acme-system"],
+            &["delete", "jobs.batch", "-n", "acme-system"],
+            // Leader election on its Lease.
+            &["create", "leases.coordination.k8s.io", "-n", NAMESPACE],
+            &["get", LEASE, "-n", NAMESPACE],
+            &["update", LEASE, "-n", NAMESPACE],
+        ],
+    );
+    // VirtualMachines of kubevirt-nodes: applied, and deleted when node_count goes down.
+    for verb in ["get", "create", "patch", "delete"] {
+        assert!(
+            review_unserved(&api, CONTROLLER_SA, verb, "kubevirt.io", "virtualmachines"),
+            "the controller may not {verb} VirtualMachines"
+        );
+    }
+    assert!(!review_unserved(
+        &api,
+        CONTROLLER_SA,
+        "create",
+        "kubevirt.io",
+        "virtualmachineinstances"
+    ));
+    assert!(!review_unserved(
+        &api,
+        PROXY_SA,
+        "create",
+        "kubevirt.io",
+        "virtualmachines"
+    ));
+
+    // What it does not do, it may not.
+    assert_cannot(
+        &api,
+        CONTROLLER_SA,
+        &[
+            &["delete", "nodes"],
+            &["create", "pods", "-n", "acme-system"],
+            &["create", "pods", "--subresource=exec", "-n", "acme-system"],
+            &["delete", "secrets", "-n", "acme-system"],
+            &["create", "clusterroles.rbac.authorization.k8s.io"],
+            &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+            &["bind", "clusterroles.rbac.authorization.k8s.io"],
+            &["escalate", "clusterroles.rbac.authorization.k8s.io"],
+            &["impersonate", "users"],
+            &["impersonate", "serviceaccounts", "-n", "acme-system"],
+            &["delete", "customresourcedefinitions.apiextensions.k8s.io"],
+            &["delete", "controlplanes.tenancy.hostplane.io"],
+            &["create", "postcreatehooks.tenancy.hostplane.io"],
+            &["create", "serviceaccounts/token", "-n", "kube-system"],
+            // Downloads are the proxy's: the controller authenticates nobody.
+            &["create", "tokenreviews.authentication.k8s.io"],
+            &["create", "subjectaccessreviews.authorization.k8s.io"],
+            &["create", "deployments.apps", "-n", "acme-system"],
+            // Only its own Lease, only in its own namespace.
+            &[
+                "update",
+                "leases.coordination.k8s.io/someone-else",
+                "-n",
+                NAMESPACE,
+            ],
+            &["create", "leases.coordination.k8s.io", "-n", "kube-system"],
+            &["update", LEASE, "-n", "kube-system"],
+        ],
+    );
+    // The proxy routes by ControlPlanes, stamps their hibernation annotations, and serves
+    // downloads: it authenticates and authorizes callers through the host and reads only the
+    // Secret it mints tenant tokens with.
+    assert_can(
+        &api,
+        PROXY_SA,
+        &[
+            &["watch", "controlplanes.tenancy.hostplane.io"],
+            &["patch", "controlplanes.tenancy.hostplane.io"],
+            &["create", "tokenreviews.authentication.k8s.io"],
+            &["create", "subjectaccessreviews.authorization.k8s.io"],
+            &["get", "secrets/k8s-certs", "-n", "acme-system"],
+        ],
+    );
+    assert_cannot(
+        &api,
+        PROXY_SA,
+        &[
+            &[
+                "patch",
+                "controlplanes.tenancy.hostplane.io",
+                "--subresource=status",
+            ],
+            &["delete", "controlplanes.tenancy.hostplane.io"],
+            &["get", "secrets/admin-kubeconfig", "-n", "acme-system"],
+            &["list", "secrets", "-n", "acme-system"],
+            &["watch", "secrets", "-n", "acme-system"],
+            &["create", "namespaces"],
+            &["create", "serviceaccounts/token", "-n", "acme-system"],
+        ],
+    );
+
+    let out = helm_in_cluster(&["uninstall", RELEASE, "--timeout", "90s"]);
+    assert!(out.success(), "helm uninstall failed:\n{}", out.combined());
+    for object in &INSTALLED[2..] {
+        assert!(
+            !exists(&api, object),
+            "helm uninstall left {object:?} behind"
+        );
+    }
+    // Helm never deletes CRDs from crds/ (that would delete every ControlPlane with them).
+    assert!(exists(&api, INSTALLED[0]));
+    assert_cannot(
+        &api,
+        CONTROLLER_SA,
+        &[&[
+            "patch",
+            "controlplanes.tenancy.hostplane.io",
+            "--subresource=status",
+        ]],
+    );
+}
