@@ -1231,53 +1231,42 @@ metadata:
   name: jobbed
 spec:
   waitForPostCreateHooks: true
+  postCreateHook: hello
   postCreateHooks:
   - hookName: setup
   - hookName: extra
 "#,
     );
-    // No kubelet runs the Job here: the tenant waits for it.
-    let waiting = wait_ready_state(
-        &api,
-        "jobbed",
-        "False",
-        Some("WaitingForPostCreateHooks"),
-        READY_TIMEOUT,
+    // KubeFlex's documented example hook, as written there but for its apiVersion.
+    let hello = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hooks/hello.yaml"),
     )
-    .await;
-    assert_eq!(
-        condition(&waiting, "Ready").unwrap().2,
-        "waiting for post-create hooks: setup (Applied)"
-    );
-    let status = waiting.status.unwrap();
+    .unwrap();
+    bed.apply(&hello);
+    // No kubelet runs the Jobs here: the tenant waits for them.
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    let status = loop {
+        let cp = api.get("jobbed").await.unwrap();
+        let message = condition(&cp, "Ready").map(|c| c.2).unwrap_or_default();
+        if message == "waiting for post-create hooks: hello (Applied), setup (Applied)" {
+            break cp.status.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "{message}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(status.post_create_hooks.get("hello"), Some(&true));
     assert_eq!(status.post_create_hooks.get("setup"), Some(&true));
     assert!(!status.post_create_hook_completed);
     assert!(
-        status.hook_statuses[0]
+        status.hook_statuses[1]
             .message
             .contains("waiting for Jobs jobbed-setup")
     );
 
-    // The Job succeeds (as its controller would report it): Ready.
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let job_status = format!(
-        r#"{{"status":{{"startTime":"{now}","completionTime":"{now}","succeeded":1,"conditions":[{{"type":"SuccessCriteriaMet","status":"True","lastTransitionTime":"{now}"}},{{"type":"Complete","status":"True","lastTransitionTime":"{now}"}}]}}}}"#
-    );
-    let (ok, out) = bed.host_kubectl(
-        &[
-            "-n",
-            "jobbed-system",
-            "patch",
-            "job",
-            "jobbed-setup",
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &job_status,
-        ],
-        None,
-    );
-    assert!(ok, "{out}");
+    // The Jobs succeed (as their controller would report it): Ready.
+    for job in ["hello", "jobbed-setup"] {
+        complete_job(&bed, "jobbed-system", job);
+    }
     let ready = wait_ready_state(
         &api,
         "jobbed",
@@ -1288,11 +1277,101 @@ spec:
     .await;
     let status = ready.status.unwrap();
     assert!(status.post_create_hook_completed);
-    assert_eq!(
-        status.hook_statuses[0].phase,
-        hostplane_crds::HookPhase::Succeeded
+    assert!(
+        status
+            .hook_statuses
+            .iter()
+            .all(|h| h.phase == hostplane_crds::HookPhase::Succeeded)
     );
-    assert_eq!(status.hook_statuses[0].objects.len(), 2);
+    assert_eq!(status.hook_statuses[1].objects.len(), 2);
+
+    // A hook whose Job does not finish within its timeoutSeconds fails and holds Ready again.
+    bed.apply(
+        r#"apiVersion: tenancy.hostplane.io/v1alpha1
+kind: PostCreateHook
+metadata:
+  name: slow
+spec:
+  timeoutSeconds: 3
+  templates:
+  - apiVersion: batch/v1
+    kind: Job
+    metadata:
+      name: slow
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: slow
+            image: busybox
+            command: ["sleep", "3600"]
+"#,
+    );
+    let (ok, out) = bed.host_kubectl(
+        &[
+            "patch",
+            "cp",
+            "jobbed",
+            "--type=json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/postCreateHooks/-","value":{"hookName":"slow"}}]"#,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let cp = api.get("jobbed").await.unwrap();
+        let slow = cp
+            .status
+            .as_ref()
+            .and_then(|s| s.hook_statuses.iter().find(|h| h.name == "slow").cloned());
+        if let Some(slow) = slow
+            .as_ref()
+            .filter(|h| h.phase == hostplane_crds::HookPhase::Failed)
+        {
+            assert_eq!(
+                slow.message,
+                "1 objects applied; waiting for Jobs slow; the Jobs did not complete within 3s"
+            );
+            assert_eq!(
+                condition(&cp, "Ready").unwrap().1,
+                "WaitingForPostCreateHooks"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow hook never timed out: {slow:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, out) = bed.host_kubectl(&["describe", "cp", "jobbed"], None);
+    assert!(
+        out.contains("HookTimedOut"),
+        "no Event for the timeout: {out}"
+    );
+    let (ok, out) = bed.host_kubectl(
+        &[
+            "patch",
+            "cp",
+            "jobbed",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/postCreateHooks/2"}]"#,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    wait_ready_state(
+        &api,
+        "jobbed",
+        "True",
+        Some("Available"),
+        Duration::from_secs(60),
+    )
+    .await;
 
     // A hook dropped from the spec: its objects go.
     let (ok, out) = bed.host_kubectl(
@@ -1484,4 +1563,27 @@ fn regex_lite_find<'a>(haystack: &'a str, needle: &str) -> Option<&'a str> {
     let rest = &haystack[start..];
     let end = rest.find("\\n").unwrap_or(rest.len());
     Some(&rest[..end])
+}
+
+/// Marks a Job complete through its status subresource, as the Job controller would.
+fn complete_job(bed: &Bed, namespace: &str, name: &str) {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = format!(
+        r#"{{"status":{{"startTime":"{now}","completionTime":"{now}","succeeded":1,"conditions":[{{"type":"SuccessCriteriaMet","status":"True","lastTransitionTime":"{now}"}},{{"type":"Complete","status":"True","lastTransitionTime":"{now}"}}]}}}}"#
+    );
+    let (ok, out) = bed.host_kubectl(
+        &[
+            "-n",
+            namespace,
+            "patch",
+            "job",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
 }

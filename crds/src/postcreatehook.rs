@@ -36,6 +36,12 @@ pub struct PostCreateHookSpec {
         "defaultVars names must be unique"
     ))]
     pub default_vars: Vec<Var>,
+
+    /// Seconds this hook's Jobs may take to complete after its objects are applied before the
+    /// hook is Failed; unset: the controller's default (`--hook-timeout-seconds`, 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: Option<i64>,
 }
 
 /// A named template variable.

@@ -18,7 +18,7 @@ use tempfile::TempDir;
 const RELEASE: &str = "hp";
 const NAMESPACE: &str = "hostplane-system";
 const CONTROLLER_SA: &str = "hp-hostplane-controller";
-const PROXY_SA: &str = "hp-hostplane-proxy";
+const PROXY_SERVICE: &str = "hp-hostplane-proxy";
 const LEADER_ELECTION: &str = "hp-hostplane-controller-leader-election";
 /// The controller's Lease: its name is the controller's.
 const LEASE: &str = "leases.coordination.k8s.io/hp-hostplane-controller";
@@ -190,7 +190,7 @@ fn chart_lints_clean_and_refuses_unsafe_values() {
     );
     // `--set` passes decimals as strings; a valid one still reaches the flag.
     let controller = render(&home, &["--set", "controller.tokens.renewFraction=0.9"]);
-    let args = args_of(find(&controller, "Deployment", CONTROLLER_SA));
+    let args = args_of(rendered_container(&controller, "controller"));
     assert!(
         args.contains(&"--token-renew-fraction=0.9".to_owned()),
         "{args:?}"
@@ -207,25 +207,43 @@ fn assert_locked_down(deployment: &Value) {
         pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault",
         "{name}"
     );
+    assert_eq!(pod["hostNetwork"], Value::Null, "{name}");
     let containers = pod["containers"].as_array().expect("containers");
-    assert_eq!(containers.len(), 1, "{name}");
-    let security = &containers[0]["securityContext"];
-    assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
-    assert_eq!(security["readOnlyRootFilesystem"], true, "{name}");
-    assert_eq!(security["runAsNonRoot"], true, "{name}");
-    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]), "{name}");
-    assert_eq!(security["capabilities"].get("add"), None, "{name}");
-    assert_eq!(
-        security["seccompProfile"]["type"], "RuntimeDefault",
-        "{name}"
-    );
-    assert_eq!(security.get("privileged"), None, "{name}");
+    assert!(!containers.is_empty(), "{name}");
+    for container in containers {
+        let name = format!("{name}/{}", container["name"]);
+        let security = &container["securityContext"];
+        assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
+        assert_eq!(security["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(security["runAsNonRoot"], true, "{name}");
+        assert_eq!(security["capabilities"]["drop"], json!(["ALL"]), "{name}");
+        assert_eq!(security["capabilities"].get("add"), None, "{name}");
+        assert_eq!(
+            security["seccompProfile"]["type"], "RuntimeDefault",
+            "{name}"
+        );
+        assert_eq!(security.get("privileged"), None, "{name}");
+    }
 }
 
-/// The flags `hostplane SUBCOMMAND` is started with.
-fn args_of(deployment: &Value) -> Vec<String> {
-    serde_json::from_value(deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone())
-        .expect("container args")
+/// The container `name` of a Deployment.
+fn container<'a>(deployment: &'a Value, name: &str) -> &'a Value {
+    deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name} in {}", deployment["metadata"]["name"]))
+}
+
+/// The container `name` of the one Deployment among `documents`.
+fn rendered_container<'a>(documents: &'a [Value], name: &str) -> &'a Value {
+    container(find(documents, "Deployment", CONTROLLER_SA), name)
+}
+
+/// The flags a container starts `hostplane SUBCOMMAND` with.
+fn args_of(container: &Value) -> Vec<String> {
+    serde_json::from_value(container["args"].clone()).expect("container args")
 }
 
 #[test]
@@ -234,18 +252,13 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
     let documents = render(&home, &[]);
     let expected: BTreeSet<(String, String)> = [
         ("ServiceAccount", CONTROLLER_SA),
-        ("ServiceAccount", PROXY_SA),
         ("ClusterRole", CONTROLLER_SA),
         ("ClusterRoleBinding", CONTROLLER_SA),
-        ("ClusterRole", PROXY_SA),
-        ("ClusterRoleBinding", PROXY_SA),
         ("Role", LEADER_ELECTION),
         ("RoleBinding", LEADER_ELECTION),
-        ("Service", "hp-hostplane-controller-metrics"),
-        ("Service", PROXY_SA),
-        ("Service", "hp-hostplane-proxy-metrics"),
+        ("Service", "hp-hostplane-metrics"),
+        ("Service", PROXY_SERVICE),
         ("Deployment", CONTROLLER_SA),
-        ("Deployment", PROXY_SA),
         ("PostCreateHook", "kubevirt-nodes"),
     ]
     .iter()
@@ -266,26 +279,27 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
         );
     }
 
-    let controller = find(&documents, "Deployment", CONTROLLER_SA);
-    let proxy = find(&documents, "Deployment", PROXY_SA);
-    assert_locked_down(controller);
-    assert_locked_down(proxy);
-    assert_eq!(
-        controller["spec"]["template"]["spec"]["serviceAccountName"],
-        CONTROLLER_SA
-    );
-    assert_eq!(
-        proxy["spec"]["template"]["spec"]["serviceAccountName"],
-        PROXY_SA
-    );
-    assert_eq!(controller["spec"]["replicas"], 1);
-    assert_eq!(controller["spec"]["strategy"]["type"], "Recreate");
+    // One pod: tenants of the processes runtime listen on the controller pod's loopback, so the
+    // proxy runs beside the controller, as a second container.
+    let deployment = find(&documents, "Deployment", CONTROLLER_SA);
+    assert_locked_down(deployment);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], CONTROLLER_SA);
+    let names: Vec<&str> = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["controller", "proxy"]);
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate");
 
     // Probes hit the controller's metrics server, on the port it is told to serve.
-    let container = &controller["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
-    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(container["ports"][0]["containerPort"], 9464);
+    let controller = container(deployment, "controller");
+    assert_eq!(controller["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(controller["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(controller["ports"][0]["containerPort"], 9464);
     let controller_args = args_of(controller);
     assert_eq!(controller_args[0], "controller");
     for flag in [
@@ -304,7 +318,7 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
     }
     // That the hostplane binary accepts these flags is checked by cli/tests/chart_args.rs.
     // The root filesystem is read-only, so the controller's writable paths are volumes.
-    let mounts: Vec<&str> = container["volumeMounts"]
+    let mounts: Vec<&str> = controller["volumeMounts"]
         .as_array()
         .expect("volumeMounts")
         .iter()
@@ -312,13 +326,12 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
         .collect();
     assert_eq!(mounts, ["/var/lib/hostplane/state", "/tmp"]);
     // No DSN unless a Secret is named; then only as a secretKeyRef, never a literal.
-    assert_eq!(container.get("env"), None);
+    assert_eq!(controller.get("env"), None);
     let with_postgres = render(
         &home,
         &["--set", "controller.postgres.dsnSecret.name=pg-admin"],
     );
-    let env = &find(&with_postgres, "Deployment", CONTROLLER_SA)["spec"]["template"]["spec"]["containers"]
-        [0]["env"];
+    let env = &rendered_container(&with_postgres, "controller")["env"];
     assert_eq!(
         env,
         &json!([{
@@ -329,7 +342,8 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
 
     // The proxy listens on all interfaces in the pod; its Service forwards 443 there, and the
     // download port beside it. Its probes use its own metrics server.
-    let proxy_args = args_of(proxy);
+    let proxy_container = rendered_container(&documents, "proxy");
+    let proxy_args = args_of(proxy_container);
     for flag in [
         "--listen=0.0.0.0:9443",
         "--download-listen=0.0.0.0:9444",
@@ -340,7 +354,6 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
             "{flag} missing from {proxy_args:?}"
         );
     }
-    let proxy_container = &proxy["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
         proxy_container["livenessProbe"]["httpGet"]["path"],
         "/healthz"
@@ -349,7 +362,13 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
         proxy_container["readinessProbe"]["httpGet"]["path"],
         "/readyz"
     );
-    let proxy_service = find(&documents, "Service", PROXY_SA);
+    // The proxy Service reaches the proxy in the controller pods; only the elected leader, which
+    // runs the tenants, is Ready and so behind it.
+    let proxy_service = find(&documents, "Service", PROXY_SERVICE);
+    assert_eq!(
+        proxy_service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
     assert_eq!(
         proxy_service["spec"]["ports"],
         json!([
@@ -358,9 +377,15 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
         ])
     );
     // Metrics stay cluster-internal even when the proxy Service is a LoadBalancer.
-    let metrics_service = find(&documents, "Service", "hp-hostplane-proxy-metrics");
+    let metrics_service = find(&documents, "Service", "hp-hostplane-metrics");
     assert_eq!(metrics_service["spec"]["type"], "ClusterIP");
-    assert_eq!(metrics_service["spec"]["ports"][0]["port"], 9465);
+    assert_eq!(
+        metrics_service["spec"]["ports"],
+        json!([
+            {"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"},
+            {"name": "proxy-metrics", "port": 9465, "targetPort": "proxy-metrics", "protocol": "TCP"},
+        ])
+    );
 
     // No rule anywhere grants a wildcard.
     for role in documents
@@ -377,6 +402,29 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
             }
         }
     }
+
+    // Without downloads, nothing may authenticate or authorize callers; without the proxy, no
+    // proxy container or Service.
+    let rules_without_downloads = render(&home, &["--set", "proxy.download.enabled=false"]);
+    let rules = &find(&rules_without_downloads, "ClusterRole", CONTROLLER_SA)["rules"];
+    for review in ["tokenreviews", "subjectaccessreviews"] {
+        assert!(
+            !rules.to_string().contains(review),
+            "{review} granted without downloads: {rules}"
+        );
+    }
+    let without_proxy = render(&home, &["--set", "proxy.enabled=false"]);
+    let deployment = find(&without_proxy, "Deployment", CONTROLLER_SA);
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    assert!(
+        !kinds_and_names(&without_proxy)
+            .contains(&("Service".to_owned(), PROXY_SERVICE.to_owned()))
+    );
 
     // The PostCreateHook is the built-in one, field for field.
     let builtin: Value = serde_yaml::from_str(
@@ -498,19 +546,18 @@ fn exists(api: &KubeApiserver, args: &[&str]) -> bool {
     !out.trim().is_empty()
 }
 
-const INSTALLED: [&[&str]; 12] = [
+const INSTALLED: [&[&str]; 11] = [
     &["crd", "controlplanes.tenancy.hostplane.io"],
     &["crd", "postcreatehooks.tenancy.hostplane.io"],
     &["postcreatehook", "kubevirt-nodes"],
     &["clusterrole", CONTROLLER_SA],
     &["clusterrolebinding", CONTROLLER_SA],
-    &["clusterrole", PROXY_SA],
     &["-n", NAMESPACE, "role", LEADER_ELECTION],
     &["-n", NAMESPACE, "rolebinding", LEADER_ELECTION],
     &["-n", NAMESPACE, "serviceaccount", CONTROLLER_SA],
-    &["-n", NAMESPACE, "serviceaccount", PROXY_SA],
     &["-n", NAMESPACE, "deployment", CONTROLLER_SA],
-    &["-n", NAMESPACE, "deployment", PROXY_SA],
+    &["-n", NAMESPACE, "service", PROXY_SERVICE],
+    &["-n", NAMESPACE, "service", "hp-hostplane-metrics"],
 ];
 
 #[tokio::test]
@@ -621,14 +668,6 @@ async fn chart_installs_least_privilege_rbac_into_a_real_apiserver_and_uninstall
         "kubevirt.io",
         "virtualmachineinstances"
     ));
-    assert!(!review_unserved(
-        &api,
-        PROXY_SA,
-        "create",
-        "kubevirt.io",
-        "virtualmachines"
-    ));
-
     // What it does not do, it may not.
     assert_cannot(
         &api,
@@ -648,9 +687,6 @@ async fn chart_installs_least_privilege_rbac_into_a_real_apiserver_and_uninstall
             &["delete", "controlplanes.tenancy.hostplane.io"],
             &["create", "postcreatehooks.tenancy.hostplane.io"],
             &["create", "serviceaccounts/token", "-n", "kube-system"],
-            // Downloads are the proxy's: the controller authenticates nobody.
-            &["create", "tokenreviews.authentication.k8s.io"],
-            &["create", "subjectaccessreviews.authorization.k8s.io"],
             &["create", "deployments.apps", "-n", "acme-system"],
             // Only its own Lease, only in its own namespace.
             &[
@@ -663,35 +699,15 @@ async fn chart_installs_least_privilege_rbac_into_a_real_apiserver_and_uninstall
             &["update", LEASE, "-n", "kube-system"],
         ],
     );
-    // The proxy routes by ControlPlanes, stamps their hibernation annotations, and serves
-    // downloads: it authenticates and authorizes callers through the host and reads only the
-    // Secret it mints tenant tokens with.
+    // The proxy container shares the pod's identity; for kubeconfig downloads it authenticates
+    // callers and asks host RBAC about them.
     assert_can(
         &api,
-        PROXY_SA,
+        CONTROLLER_SA,
         &[
-            &["watch", "controlplanes.tenancy.hostplane.io"],
-            &["patch", "controlplanes.tenancy.hostplane.io"],
             &["create", "tokenreviews.authentication.k8s.io"],
             &["create", "subjectaccessreviews.authorization.k8s.io"],
             &["get", "secrets/k8s-certs", "-n", "acme-system"],
-        ],
-    );
-    assert_cannot(
-        &api,
-        PROXY_SA,
-        &[
-            &[
-                "patch",
-                "controlplanes.tenancy.hostplane.io",
-                "--subresource=status",
-            ],
-            &["delete", "controlplanes.tenancy.hostplane.io"],
-            &["get", "secrets/admin-kubeconfig", "-n", "acme-system"],
-            &["list", "secrets", "-n", "acme-system"],
-            &["watch", "secrets", "-n", "acme-system"],
-            &["create", "namespaces"],
-            &["create", "serviceaccounts/token", "-n", "acme-system"],
         ],
     );
 

@@ -185,8 +185,9 @@ async fn apply_hook(
     let outcome =
         render_and_apply(client, cp, plan, hook_use, before, pass, resources, report).await;
     let applied_ok = outcome.is_ok();
+    let timeout_seconds = outcome.as_ref().ok().and_then(|o| o.timeout_seconds);
     let (mut phase, mut message, objects) = match outcome {
-        Ok((objects, jobs)) => {
+        Ok(Applied { objects, jobs, .. }) => {
             let (phase, message) = match jobs {
                 JobsState::Done(0) => (
                     HookPhase::Succeeded,
@@ -224,7 +225,9 @@ async fn apply_hook(
     } else {
         None
     };
-    let timeout = SignedDuration::try_from(pass.timeout).unwrap_or(SignedDuration::MAX);
+    let timeout = timeout_seconds
+        .map(|s| SignedDuration::from_secs(s.max(1)))
+        .unwrap_or_else(|| SignedDuration::try_from(pass.timeout).unwrap_or(SignedDuration::MAX));
     if phase == HookPhase::Applied
         && let Some(since) = &applied_time
         && pass.now.duration_since(since.0) >= timeout
@@ -232,7 +235,7 @@ async fn apply_hook(
         phase = HookPhase::Failed;
         message = format!(
             "{message}; the Jobs did not complete within {}s",
-            pass.timeout.as_secs()
+            timeout.as_secs()
         );
     }
     // Attempts count changes of outcome and retries, not passes: a status that changed on every
@@ -256,6 +259,14 @@ async fn apply_hook(
     }
 }
 
+/// What applying a hook did.
+struct Applied {
+    objects: Vec<HookObject>,
+    jobs: JobsState,
+    /// The hook's own Job timeout, if it sets one.
+    timeout_seconds: Option<i64>,
+}
+
 enum JobsState {
     /// Every Job completed; how many there are.
     Done(usize),
@@ -273,7 +284,7 @@ async fn render_and_apply(
     pass: &HookPass<'_>,
     resources: &mut Resources,
     report: &mut HookReport,
-) -> Result<(Vec<HookObject>, JobsState), String> {
+) -> Result<Applied, String> {
     let name = &hook_use.hook_name;
     let hook = Api::<PostCreateHook>::all(client.clone())
         .get_opt(name)
@@ -333,7 +344,11 @@ async fn render_and_apply(
     );
     let jobs = jobs_state(client, &jobs).await?;
     applied.sort();
-    Ok((applied, jobs))
+    Ok(Applied {
+        objects: applied,
+        jobs,
+        timeout_seconds: hook.spec.timeout_seconds,
+    })
 }
 
 async fn jobs_state(client: &kube::Client, jobs: &[HookObject]) -> Result<JobsState, String> {
