@@ -7,10 +7,13 @@
 //! `kubectl get ns`, divided by the time a bare Kine + kube-apiserver (on the same Postgres)
 //! takes from spawn to its first `kubectl get ns`; plus idle RSS per tenant.
 //!
+//! `wake`: a hibernated tenant's first response through the proxy ÷ a bare apiserver start.
+//!
 //! `proxy`: throughput and latency of TLS through hostplane's SNI proxy beside a direct
 //! connection and HAProxy (see proxy.rs).
 
 mod proxy;
+mod wake;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,6 +45,16 @@ enum Scenario {
         /// How long a tenant idles before its RSS is read.
         #[arg(long, default_value_t = 20)]
         idle_seconds: u64,
+    },
+    /// Wake-on-connect: a hibernated tenant's first `kubectl get ns` through the proxy ÷ a bare
+    /// kube-apiserver+Kine start, and the memory hibernation gives back.
+    Wake {
+        /// Hibernate/wake cycles; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Idle seconds before the tenant hibernates.
+        #[arg(long, default_value_t = 5)]
+        idle_after_seconds: u64,
     },
     /// TLS through hostplane's SNI proxy vs direct vs HAProxy: throughput, p50/p99 latency.
     Proxy {
@@ -137,7 +150,10 @@ impl Drop for HostplaneSide {
     }
 }
 
-async fn hostplane_side(postgres: &Postgres) -> anyhow::Result<HostplaneSide> {
+async fn hostplane_side(
+    postgres: &Postgres,
+    extra_env: &[(&str, &str)],
+) -> anyhow::Result<HostplaneSide> {
     let host = start_apiserver_on_etcd().await;
     hostplane_controller::embedded::install_crds(&host.client()).await?;
     let state = tempfile::tempdir()?;
@@ -154,6 +170,7 @@ async fn hostplane_side(postgres: &Postgres) -> anyhow::Result<HostplaneSide> {
         .env("HOSTPLANE_STATE_DIR", state.path())
         .env("HOSTPLANE_POSTGRES_DSN", postgres.admin_dsn())
         .env("HOSTPLANE_LOG", "warn")
+        .envs(extra_env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(state.path().join("controller.log"))?)
@@ -199,7 +216,7 @@ async fn tenant_ready(side: &HostplaneSide, name: &str) -> anyhow::Result<(f64, 
 
 async fn ready(runs: usize, idle: Duration) -> anyhow::Result<String> {
     let postgres = Postgres::start().await;
-    let side = hostplane_side(&postgres).await?;
+    let side = hostplane_side(&postgres, &[]).await?;
     let (mut bare, mut tenant) = (vec![], vec![]);
     for run in 0..runs {
         bare.push(bare_start(&postgres, run).await?);
@@ -279,6 +296,16 @@ async fn main() -> anyhow::Result<()> {
                 "cargo build --release -p hostplane -p hostplane-bench && target/release/hostplane-bench ready --runs {runs} --idle-seconds {idle_seconds}"
             ),
             ready(runs, Duration::from_secs(idle_seconds)).await?,
+        ),
+        Scenario::Wake {
+            runs,
+            idle_after_seconds,
+        } => (
+            "Wake-on-connect",
+            format!(
+                "cargo build --release -p hostplane -p hostplane-bench && target/release/hostplane-bench wake --runs {runs} --idle-after-seconds {idle_after_seconds}"
+            ),
+            wake::run(runs, idle_after_seconds).await?,
         ),
         Scenario::Proxy {
             runs,

@@ -849,11 +849,36 @@ async fn kubectl_reaches_tenants_through_the_sni_proxy() {
     let (ok, out) = kubectl_with(kubectl(), &stranger, &["get", "ns"]);
     assert!(!ok, "an unknown tenant name was served: {out}");
 
-    // Deleting the tenant removes its route.
+    // A second tenant behind the same port: each name reaches its own API server.
+    bed.create("via-proxy-b", "").await;
+    let (path_b, text_b) = bed.kubeconfig("via-proxy-b").await;
+    assert!(text_b.contains(&format!("https://{address}")));
+    let (ok, out) = kubectl_with(kubectl(), &path, &["create", "namespace", "only-in-a"]);
+    assert!(ok, "{out}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = kubectl_with(kubectl(), &path_b, &["get", "ns", "-o", "name"]);
+        if ok {
+            assert!(
+                !out.contains("only-in-a"),
+                "tenant b sees tenant a's namespace: {out}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tenant b through the proxy: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Deleting a tenant removes its route; the other stays reachable.
     let (ok, out) = bed.host_kubectl(&["delete", "cp", "via-proxy", "--timeout=120s"], None);
     assert!(ok, "{out}");
     let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns", "--request-timeout=5s"]);
     assert!(!ok, "a deleted tenant is still reachable: {out}");
+    let (ok, out) = kubectl_with(kubectl(), &path_b, &["get", "ns", "kube-system"]);
+    assert!(ok, "the other tenant lost its route: {out}");
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::build::join::JoinConfig;
-use crate::build::kubeconfig::{self, Credential};
+use crate::build::kubeconfig;
 use crate::build::objects::{
     self, CERTS_SECRET, DATASTORE_SECRET, KUBECONFIG_INCLUSTER_KEY, KUBECONFIG_KEY,
     KUBECONFIG_SECRET,
@@ -750,30 +750,22 @@ async fn ensure_kubeconfig(
     }
     let minted = tenant_access::mint_token(tenant, plan.token_ttl_seconds).await?;
     let ca = pki.get("ca.crt").map(String::as_str).unwrap_or_default();
-    let user = format!("{}-admin", plan.name);
-    let credential = Credential::Token(&minted.token);
     // Inside the host, workloads reach the tenant directly; people go through the proxy when
     // there is one, naming the tenant by SNI.
-    let incluster = kubeconfig::to_yaml(&kubeconfig::kubeconfig(
+    let incluster = kubeconfig::to_yaml(&kubeconfig::handed_out(
         &plan.name,
         endpoint,
         ca,
-        &user,
-        &credential,
+        &minted.token,
+        None,
     ));
-    let external = match &ctx.config.proxy {
-        Some(proxy) => kubeconfig::to_yaml(&kubeconfig::with_tls_server_name(
-            kubeconfig::kubeconfig(
-                &plan.name,
-                &format!("https://{}", proxy.address),
-                ca,
-                &user,
-                &credential,
-            ),
-            &proxy.tenant_host(&plan.name),
-        )),
-        None => incluster.clone(),
-    };
+    let external = kubeconfig::to_yaml(&kubeconfig::handed_out(
+        &plan.name,
+        endpoint,
+        ca,
+        &minted.token,
+        ctx.config.proxy.as_ref(),
+    ));
     let secret = objects::kubeconfig_secret(
         plan,
         &external,

@@ -120,6 +120,12 @@ pub async fn apply_hooks(
         .flat_map(|s| s.hook_statuses.iter().cloned())
         .map(|h| (h.name.clone(), h))
         .collect();
+    let target = Target {
+        client,
+        cp,
+        plan,
+        pass,
+    };
     let mut resources = Resources::default();
     let mut report = HookReport::default();
     let uses = hook_uses(cp);
@@ -132,17 +138,7 @@ pub async fn apply_hooks(
             report.recheck_in = min_some(report.recheck_in, left);
             continue;
         }
-        let status = apply_hook(
-            client,
-            cp,
-            plan,
-            hook_use,
-            before,
-            pass,
-            &mut resources,
-            &mut report,
-        )
-        .await;
+        let status = apply_hook(&target, hook_use, before, &mut resources, &mut report).await;
         if status.phase == HookPhase::Applied {
             // Jobs are running: look again soon.
             report.recheck_in = min_some(report.recheck_in, Duration::from_secs(5));
@@ -170,20 +166,24 @@ fn min_some(current: Option<Duration>, candidate: Duration) -> Option<Duration> 
     Some(current.map_or(candidate, |c| c.min(candidate)))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every hook of one pass is applied for and with.
+struct Target<'a, 'p> {
+    client: &'a kube::Client,
+    cp: &'a ControlPlane,
+    plan: &'a TenantPlan,
+    pass: &'a HookPass<'p>,
+}
+
 async fn apply_hook(
-    client: &kube::Client,
-    cp: &ControlPlane,
-    plan: &TenantPlan,
+    target: &Target<'_, '_>,
     hook_use: &HookUse,
     before: Option<&HookStatus>,
-    pass: &HookPass<'_>,
     resources: &mut Resources,
     report: &mut HookReport,
 ) -> HookStatus {
+    let (plan, pass) = (target.plan, target.pass);
     let now = Time(pass.now);
-    let outcome =
-        render_and_apply(client, cp, plan, hook_use, before, pass, resources, report).await;
+    let outcome = render_and_apply(target, hook_use, before, resources, report).await;
     let applied_ok = outcome.is_ok();
     let timeout_seconds = outcome.as_ref().ok().and_then(|o| o.timeout_seconds);
     let (mut phase, mut message, objects) = match outcome {
@@ -274,17 +274,19 @@ enum JobsState {
     Failed(String),
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn render_and_apply(
-    client: &kube::Client,
-    cp: &ControlPlane,
-    plan: &TenantPlan,
+    target: &Target<'_, '_>,
     hook_use: &HookUse,
     before: Option<&HookStatus>,
-    pass: &HookPass<'_>,
     resources: &mut Resources,
     report: &mut HookReport,
 ) -> Result<Applied, String> {
+    let Target {
+        client,
+        cp,
+        plan,
+        pass,
+    } = *target;
     let name = &hook_use.hook_name;
     let hook = Api::<PostCreateHook>::all(client.clone())
         .get_opt(name)
