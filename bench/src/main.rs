@@ -12,6 +12,7 @@
 //! `proxy`: throughput and latency of TLS through hostplane's SNI proxy beside a direct
 //! connection and HAProxy (see proxy.rs).
 
+mod datastores;
 mod proxy;
 mod wake;
 
@@ -73,6 +74,18 @@ enum Scenario {
         /// New connections (TCP + TLS handshake + one round trip) per mode and run.
         #[arg(long, default_value_t = 2_000)]
         handshakes: usize,
+    },
+    /// Tenant request latency (p50/p99) on shared Postgres vs dedicated etcd vs shared etcd.
+    Datastores {
+        /// ConfigMaps created per tenant (each create timed).
+        #[arg(long, default_value_t = 300)]
+        creates: usize,
+        /// Lists of those ConfigMaps per tenant.
+        #[arg(long, default_value_t = 100)]
+        lists: usize,
+        /// Updates per tenant, each timed until an open watch delivers it.
+        #[arg(long, default_value_t = 300)]
+        updates: usize,
     },
 }
 
@@ -324,6 +337,22 @@ async fn main() -> anyhow::Result<()> {
                 round_trips,
                 connections,
                 handshakes,
+            })
+            .await?,
+        ),
+        Scenario::Datastores {
+            creates,
+            lists,
+            updates,
+        } => (
+            "Tenant request latency by datastore",
+            format!(
+                "cargo build --release -p hostplane -p hostplane-bench && target/release/hostplane-bench datastores --creates {creates} --lists {lists} --updates {updates}"
+            ),
+            datastores::run(datastores::Workload {
+                creates,
+                lists,
+                updates,
             })
             .await?,
         ),

@@ -49,7 +49,12 @@ async fn wait_hibernated(api: &Api<ControlPlane>, name: &str) -> anyhow::Result<
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let cp = api.get(name).await?;
-        if cp.status.as_ref().and_then(|s| s.hibernated_at.as_ref()).is_some() {
+        if cp
+            .status
+            .as_ref()
+            .and_then(|s| s.hibernated_at.as_ref())
+            .is_some()
+        {
             return Ok(());
         }
         if Instant::now() > deadline {

@@ -41,7 +41,7 @@ fn rendered_containers(values: &[&str]) -> Vec<(String, Value)> {
 
 #[test]
 fn the_chart_passes_only_flags_and_variables_the_binary_has() {
-    let variants: [&[&str]; 3] = [
+    let variants: [&[&str]; 5] = [
         &[],
         &[
             "--set",
@@ -56,6 +56,18 @@ fn the_chart_passes_only_flags_and_variables_the_binary_has() {
             "controller.leaderElection.enabled=false",
             "--set",
             "proxy.download.enabled=false",
+        ],
+        // The pods runtime: its image, namespace and pod-label flags.
+        &["--set", "controller.runtime=pods"],
+        &[
+            "--set",
+            "controller.runtime=pods",
+            "--set",
+            "controller.pods.images.kubeApiserver=registry.example.com/k8s/kube-apiserver",
+            "--set",
+            "controller.pods.images.kine=registry.example.com/kine:v0.17.5",
+            "--set",
+            "controller.postgres.dsnSecret.name=pg-admin",
         ],
     ];
     let mut checked = 0;
@@ -86,7 +98,45 @@ fn the_chart_passes_only_flags_and_variables_the_binary_has() {
         }
     }
     assert_eq!(
-        checked, 6,
-        "expected the controller and the proxy, three times"
+        checked, 10,
+        "expected the controller and the proxy, five times"
     );
+}
+
+/// The flags of the pods runtime reach the controller, and the chart's default tenant images are
+/// the binary's own defaults (so the chart does not pin older images than the binary would).
+#[test]
+fn the_chart_runs_the_pods_runtime_with_the_binarys_default_images() {
+    let containers = rendered_containers(&["--set", "controller.runtime=pods"]);
+    let (_, controller) = containers
+        .iter()
+        .find(|(_, c)| c["name"] == "controller")
+        .expect("controller container");
+    let args: Vec<String> =
+        serde_json::from_value(controller["args"].clone()).expect("container args");
+    assert!(args.contains(&"--runtime=pods".to_owned()), "{args:?}");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hostplane"));
+    command.args(["controller", "--help"]);
+    let help = run_command(command, None).expect_success("hostplane controller --help");
+    for flag in [
+        "--kube-apiserver-image",
+        "--kube-controller-manager-image",
+        "--kube-scheduler-image",
+        "--kine-image",
+    ] {
+        let value = args
+            .iter()
+            .find_map(|a| a.strip_prefix(&format!("{flag}=")))
+            .unwrap_or_else(|| panic!("{flag} missing from {args:?}"));
+        assert!(
+            help.contains(&format!("[default: {value}]")),
+            "the chart's {flag}={value} is not the binary's default:\n{help}"
+        );
+    }
+    for flag in ["--hostplane-namespace=", "--hostplane-pod-labels="] {
+        assert!(
+            args.iter().any(|a| a.starts_with(flag)),
+            "{flag} missing from {args:?}"
+        );
+    }
 }

@@ -18,14 +18,42 @@ impl ProxyAccess {
     }
 }
 
+/// How people reach the host API server: what a `type: host` ControlPlane hands out.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostAccess {
+    /// The URL the controller itself uses (also what workloads inside the host use).
+    pub url: String,
+    /// The URL for people outside the host (`--host-server-url`); `url` when unset.
+    pub external_url: String,
+    /// The CA bundle (PEM) that verifies the host API server's serving certificate.
+    pub ca_pem: String,
+}
+
+/// Where tenant control planes run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TenantRuntime {
+    /// Supervised child processes of the controller (embedded default; needs no kubelet).
+    #[default]
+    Processes,
+    /// Deployments and Services in each tenant's `<cp>-system` namespace of the host.
+    Pods,
+}
+
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
+    /// Where tenant control planes run.
+    pub runtime: TenantRuntime,
+    /// Images, resources and isolation of the pods runtime.
+    pub pods: crate::build::pods::PodsConfig,
     /// Root of the processes runtime: one directory per tenant.
     pub state_dir: PathBuf,
     /// Where `tools/upstream/build` put the upstream binaries.
     pub upstream_root: PathBuf,
     /// Admin DSN of the shared Postgres; without it tenants use Kine on SQLite (embedded default).
     pub postgres_dsn: Option<String>,
+    /// The shared etcd: when set, new `backend: shared` tenants live there (each confined to its
+    /// key prefix) instead of on the shared Postgres.
+    pub shared_etcd: Option<crate::provision::etcd::SharedEtcdFiles>,
     /// Fraction of a handed-out token's life after which it is replaced (0.8 = at 80%).
     pub token_renew_fraction: f64,
     /// Every ControlPlane is reconciled at least this often (drift repair).
@@ -46,14 +74,20 @@ pub struct ControllerConfig {
     pub idle_after: Option<Duration>,
     /// A post-create hook's Jobs must complete within this time of its first apply.
     pub hook_timeout: Duration,
+    /// The host API server as `type: host` ControlPlanes hand it out; `None` when the controller
+    /// could not tell (such ControlPlanes then get a condition saying so).
+    pub host_access: Option<HostAccess>,
 }
 
 impl ControllerConfig {
     pub fn new(state_dir: PathBuf, upstream_root: PathBuf) -> Self {
         Self {
+            runtime: TenantRuntime::Processes,
+            pods: crate::build::pods::PodsConfig::default(),
             state_dir,
             upstream_root,
             postgres_dsn: None,
+            shared_etcd: None,
             token_renew_fraction: 0.8,
             resync: Duration::from_secs(300),
             health_interval: Duration::from_secs(30),
@@ -64,6 +98,7 @@ impl ControllerConfig {
             proxy: None,
             idle_after: None,
             hook_timeout: Duration::from_secs(600),
+            host_access: None,
         }
     }
 }

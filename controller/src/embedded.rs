@@ -10,7 +10,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::config::KubeConfigOptions;
 
 use crate::build::kubeconfig::{self, Credential};
-use crate::build::processes::{BundleInput, KineStore, control_plane_bundle};
+use crate::build::processes::{BundleInput, Store, control_plane_bundle};
 use crate::pki::{self, PkiFiles, PkiRequest};
 use crate::provision::tenant_access;
 use crate::runtime::processes::ProcessRuntime;
@@ -84,7 +84,7 @@ impl EmbeddedHost {
             release,
             ports,
             pki: &pki,
-            store: &KineStore::Sqlite,
+            store: &Store::Sqlite,
             workers: false,
         });
         progress("starting host Kine, kube-apiserver and kube-controller-manager");

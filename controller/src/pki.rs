@@ -18,6 +18,11 @@ use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
+mod etcd;
+pub use etcd::{
+    API_SERVER_ETCD_CLIENT, SharedEtcdCas, ensure_dedicated_etcd_pki, ensure_shared_etcd_client,
+};
+
 /// PEM files keyed by kubeadm file name (`ca.crt`, `ca.key`, `apiserver.crt`, ...).
 pub type PkiFiles = BTreeMap<String, String>;
 
@@ -67,6 +72,8 @@ const DEFAULT_APISERVER_SANS: [&str; 7] = [
 enum Usage {
     Server,
     Client,
+    /// etcd peers dial each other with the certificate they serve with.
+    Peer,
 }
 
 /// Who a leaf certificate names and what it may be used for.
@@ -211,7 +218,9 @@ fn validity_window(
     limit: Option<(i64, &str)>,
 ) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
     let now = unix_seconds(now);
-    let not_before = now - i128::from(BACKDATE.as_secs());
+    // A fifth of the lifetime at most: a backdate longer than a short lifetime would make the
+    // certificate due for renewal (a third of its validity left) from the moment it is issued.
+    let not_before = now - i128::from(BACKDATE.min(lifetime / 5).as_secs());
     if not_before < EARLIEST || now > LATEST {
         return Err(signing(
             file,
@@ -382,10 +391,14 @@ fn sign_leaf(
     p.is_ca = IsCa::ExplicitNoCa;
     // ECDSA keys only sign; keyEncipherment is for RSA key transport.
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![match identity.usage {
-        Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-        Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-    }];
+    p.extended_key_usages = match identity.usage {
+        Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Usage::Peer => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
     p.subject_alt_names = sans
         .iter()
         .map(|s| san(file, s))
@@ -529,6 +542,28 @@ pub fn issue_client_cert(
     };
     let crt = sign_leaf(common_name, &ca, &key, &identity, &[], validity, now)?;
     Ok((crt, key.serialize_pem()))
+}
+
+/// When the first leaf (non-CA) certificate of `files` is due for renewal (a third of its
+/// validity left): the controller comes back then, so that short lifetimes never lapse.
+pub fn next_renewal(files: &PkiFiles) -> Option<SystemTime> {
+    files
+        .iter()
+        .filter(|(name, _)| name.ends_with(".crt"))
+        .filter_map(|(name, pem)| {
+            with_cert(name, pem, |c| {
+                let (start, end) = (
+                    c.validity().not_before.timestamp(),
+                    c.validity().not_after.timestamp(),
+                );
+                (!c.is_ca()).then(|| end - (end - start) / 3)
+            })
+            .ok()
+            .flatten()
+        })
+        .min()
+        .and_then(|due| u64::try_from(due).ok())
+        .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// True when a third of the certificate's lifetime or less remains at `now` (so also when it
@@ -1129,5 +1164,64 @@ mod tests {
             issue(&pki["ca.crt"], &pki["front-proxy-ca.key"], &[]),
             Err(PkiError::BadPem { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod renewal_tests {
+    use super::*;
+
+    fn request(leaf_seconds: u64) -> PkiRequest {
+        PkiRequest {
+            cluster_name: "acme".into(),
+            apiserver_sans: vec![],
+            ca_validity: Duration::from_secs(3650 * 24 * 3600),
+            leaf_validity: Duration::from_secs(leaf_seconds),
+        }
+    }
+
+    #[test]
+    fn short_leaves_are_renewed_with_a_third_of_their_life_left_not_at_once() {
+        let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let pki = ensure_pki(&PkiFiles::new(), &request(90), issued).unwrap();
+        // 90 s from issue, backdated by 18 s (a fifth): due with 36 s left, 54 s after issue.
+        let due = issued + Duration::from_secs(54);
+        assert_eq!(next_renewal(&pki), Some(due));
+        let just_before = due - Duration::from_secs(1);
+        assert_eq!(ensure_pki(&pki, &request(90), just_before).unwrap(), pki);
+        let renewed = ensure_pki(&pki, &request(90), due).unwrap();
+        let changed: Vec<&String> = renewed
+            .keys()
+            .filter(|k| renewed.get(*k) != pki.get(*k))
+            .collect();
+        assert_eq!(
+            changed,
+            [
+                "admin.crt",
+                "admin.key",
+                "apiserver-kubelet-client.crt",
+                "apiserver-kubelet-client.key",
+                "apiserver.crt",
+                "apiserver.key",
+                "controller-manager.crt",
+                "controller-manager.key",
+                "front-proxy-client.crt",
+                "front-proxy-client.key",
+                "scheduler.crt",
+                "scheduler.key",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_year_long_leaf_keeps_the_five_minute_backdate() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let pki = ensure_pki(&PkiFiles::new(), &request(365 * 24 * 3600), now).unwrap();
+        let life = 365 * 24 * 3600 + 300;
+        let due = 1_800_000_000 + 365 * 24 * 3600 - life / 3;
+        assert_eq!(
+            next_renewal(&pki),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(due))
+        );
     }
 }

@@ -7,9 +7,11 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use hostplane_crds::{
-    ControlPlane, ControlPlaneStatus, DatastoreStatus, HookPhase, HookStatus, SecretReference,
+    BackendType, ControlPlane, ControlPlaneStatus, DatastoreStatus, HookPhase, HookStatus,
+    SecretReference,
 };
 use hostplane_hooks::{BOOTSTRAP_TOKEN_VAR, CA_CERT_HASH_VAR, JOIN_ENDPOINT_VAR};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -28,20 +30,25 @@ use crate::build::objects::{
     self, CERTS_SECRET, DATASTORE_SECRET, KUBECONFIG_INCLUSTER_KEY, KUBECONFIG_KEY,
     KUBECONFIG_SECRET,
 };
-use crate::build::processes::{BundleInput, KineStore, control_plane_bundle};
-use crate::config::ControllerConfig;
+use crate::build::processes::{BundleInput, EtcdClientTls, Store, control_plane_bundle};
+use crate::config::{ControllerConfig, TenantRuntime};
 use crate::hibernation::{self, Decision};
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::pki::{self, PkiError, PkiRequest};
+use crate::provision::adopted::{self, AdoptedError};
+use crate::provision::etcd::{self, EtcdError, SharedEtcd, TenantEtcdUser};
 use crate::provision::postgres::{self, PostgresError, SharedPostgres};
 use crate::provision::tenant_access::{self, TenantAccessError};
 use crate::provision::{hooks, join};
+use crate::runtime::pods::{PodsError, PodsRuntime};
 use crate::runtime::processes::{ProcessRuntime, RuntimeError};
 use crate::status::{self, ConditionState, READY, SYNCED, reason};
 use crate::upstream::UpstreamCatalog;
 use crate::validate::{
     self, TenantPlan, ValidateError, database_name_for_uid, system_namespace, tenant_key,
 };
+
+mod pods_tenant;
 
 pub const FINALIZER: &str = "tenancy.hostplane.io/cleanup";
 
@@ -74,16 +81,30 @@ pub enum ReconcileError {
     },
     #[error("{0}")]
     Datastore(#[from] PostgresError),
+    #[error("shared etcd: {0}")]
+    SharedEtcd(#[from] EtcdError),
+    #[error(
+        "the datastore in Secret {namespace}/{name} (datastoreSecretRef) does not work: {detail}"
+    )]
+    ExternalDatastore {
+        namespace: String,
+        name: String,
+        detail: String,
+    },
     #[error("tenant certificates: {0}")]
     Certificates(#[from] PkiError),
     #[error("tenant processes: {0}")]
     Runtime(#[from] RuntimeError),
+    #[error("tenant pods: {0}")]
+    Pods(#[from] PodsError),
     #[error("applying {what}: {source}")]
     Apply { what: String, source: kube::Error },
     #[error("{0}")]
     TenantAccess(#[from] TenantAccessError),
     #[error("deleting {what}: {detail}")]
     Cleanup { what: String, detail: String },
+    #[error("{0}")]
+    Adopted(#[from] AdoptedError),
 }
 
 impl ReconcileError {
@@ -93,12 +114,15 @@ impl ReconcileError {
             Self::Invalid(e) => e.reason(),
             Self::Fetch { .. } => "FetchFailed",
             Self::DatastoreSecret { .. } => "DatastoreSecretInvalid",
-            Self::Datastore(_) => "DatastoreUnavailable",
+            Self::Datastore(_) | Self::SharedEtcd(_) => "DatastoreUnavailable",
+            Self::ExternalDatastore { .. } => "ExternalDatastoreUnavailable",
             Self::Certificates(_) => "CertificatesFailed",
             Self::Runtime(_) => "RuntimeFailed",
+            Self::Pods(e) => e.reason(),
             Self::Apply { .. } => "ApplyFailed",
             Self::TenantAccess(_) => "TenantAccessFailed",
             Self::Cleanup { .. } => "CleanupFailed",
+            Self::Adopted(e) => e.reason(),
         }
     }
 }
@@ -109,7 +133,10 @@ pub struct Context {
     pub config: ControllerConfig,
     pub catalog: UpstreamCatalog,
     pub runtime: ProcessRuntime,
+    /// The pods runtime (used when `config.runtime` is `Pods`).
+    pub pods: PodsRuntime,
     pub postgres: Option<SharedPostgres>,
+    pub shared_etcd: Option<SharedEtcd>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
 }
@@ -125,6 +152,11 @@ impl Context {
             .as_deref()
             .map(SharedPostgres::from_dsn)
             .transpose()?;
+        let shared_etcd = config
+            .shared_etcd
+            .as_ref()
+            .map(SharedEtcd::from_files)
+            .transpose()?;
         let reporter = Reporter {
             controller: "hostplane-controller".into(),
             instance: std::env::var("HOSTNAME").ok(),
@@ -133,10 +165,12 @@ impl Context {
             metrics: Arc::default(),
             recorder: Recorder::new(client.clone(), reporter),
             runtime: ProcessRuntime::new(config.state_dir.join("tenants")),
+            pods: PodsRuntime::new(client.clone()),
             client,
             config,
             catalog,
             postgres,
+            shared_etcd,
         })
     }
 }
@@ -153,9 +187,15 @@ pub async fn run(
         objects::MANAGED_BY
     ));
     info!(versions = ?ctx.catalog.minors(), shared_postgres = ctx.postgres.as_ref().map(|p| p.target()), "controller starting");
-    Controller::new(cps, watcher::Config::default())
+    let controller = Controller::new(cps, watcher::Config::default())
         .owns(Api::<Secret>::all(ctx.client.clone()), owned.clone())
-        .owns(Api::<Namespace>::all(ctx.client.clone()), owned)
+        .owns(Api::<Namespace>::all(ctx.client.clone()), owned.clone());
+    // The pods runtime's readiness is its Deployment's status: a change there starts a pass.
+    let controller = match ctx.config.runtime {
+        TenantRuntime::Pods => controller.owns(Api::<Deployment>::all(ctx.client.clone()), owned),
+        TenantRuntime::Processes => controller,
+    };
+    controller
         .with_config(
             kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
         )
@@ -226,6 +266,10 @@ async fn publish(ctx: &Context, cp: &ControlPlane, type_: EventType, reason: &st
 
 /// Creates or repairs the tenant, then reports. Errors are written to status before returning.
 async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, ReconcileError> {
+    // host and external types hand out a cluster that exists already: no processes to run.
+    if adopted::is_adopted(cp) {
+        return adopted_branch(cp, ctx).await;
+    }
     let plan = match validate::validate(cp, &ctx.catalog) {
         Ok(plan) => plan,
         Err(e) => {
@@ -274,7 +318,7 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
                     format!("tenant API server is ready at {}", report.endpoint),
                 )
             };
-            let synced = ConditionState::new(true, reason::RECONCILE_SUCCESS, "");
+            let synced = pods_tenant::synced_when_ready(ctx, cp, &report).await;
             write_status(ctx, cp, ready, synced, Some(&report)).await?;
             if !was_ready {
                 publish(
@@ -353,6 +397,9 @@ async fn hibernate(
     sleep: &hibernation::Inputs,
 ) -> Result<Action, ReconcileError> {
     ctx.runtime.stop(&plan.key()).await;
+    if ctx.config.runtime == TenantRuntime::Pods {
+        ctx.pods.stop(&plan.name).await?;
+    }
     let message = why.message(sleep.idle_after);
     write_status(
         ctx,
@@ -385,6 +432,9 @@ struct ReadyReport {
     renew_at: Timestamp,
     hooks: Vec<HookStatus>,
     hooks_recheck_in: Option<Duration>,
+    /// The tenant is available but the controller cannot reach it (pods runtime, controller
+    /// outside the host's network): reported in Synced, not Ready.
+    unreachable: Option<String>,
 }
 
 async fn get_secret(
@@ -459,11 +509,15 @@ async fn provision_tenant(
         leaf_validity: ctx.config.leaf_validity,
     };
     let pki = pki::ensure_pki(&existing, &request, SystemTime::now())?;
+    let pki = with_datastore_pki(pki, &existing, &store, &request, plan, ctx)?;
     if pki != existing {
         // Stored before any process uses it: a crash here must not lose a CA in use.
         apply_secret(ctx, &objects::certs_secret(plan, &pki)).await?;
     }
 
+    if ctx.config.runtime == TenantRuntime::Pods {
+        return pods_tenant::provision(cp, plan, ctx, &store, &pki).await;
+    }
     let key = plan.key();
     let ports = ctx.runtime.ports(&key)?;
     let dir = ctx.runtime.tenant_dir(&key);
@@ -487,8 +541,25 @@ async fn provision_tenant(
         });
     }
     ctx.runtime.mark_api_ready(&key);
-    tenant_access::ensure_admin_account(&client).await?;
-    let renew_at = ensure_kubeconfig(plan, ctx, &client, &endpoint, &pki).await?;
+    serve_tenant(cp, plan, ctx, &client, endpoint, &pki).await
+}
+
+/// Once the tenant API server answers (either runtime): its admin account, the handed-out
+/// kubeconfig, worker join material and post-create hooks.
+async fn serve_tenant(
+    cp: &ControlPlane,
+    plan: &TenantPlan,
+    ctx: &Context,
+    client: &kube::Client,
+    endpoint: String,
+    pki: &pki::PkiFiles,
+) -> Result<Progress, ReconcileError> {
+    tenant_access::ensure_admin_account(client).await?;
+    let renew_at = ensure_kubeconfig(plan, ctx, client, &endpoint, pki).await?;
+    // Back when a certificate is due as well, so that short leaf lifetimes never lapse.
+    let renew_at = pki::next_renewal(pki)
+        .and_then(|due| Timestamp::try_from(due).ok())
+        .map_or(renew_at, |due| renew_at.min(due));
     // Hooks run once the tenant answers and its kubeconfig Secret exists.
     let join_endpoint = match &ctx.config.proxy {
         // Nodes dial the tenant by name at the proxy (the serving cert carries that name).
@@ -532,7 +603,7 @@ async fn provision_tenant(
     };
     let hooks = hooks::apply_hooks(&ctx.client, cp, plan, &pass).await;
     if !hooks.removed_nodes.is_empty() {
-        tenant_access::remove_nodes(&client, &hooks.removed_nodes).await?;
+        tenant_access::remove_nodes(client, &hooks.removed_nodes).await?;
     }
     Ok(Progress::Ready(ReadyReport {
         endpoint,
@@ -540,6 +611,7 @@ async fn provision_tenant(
         renew_at,
         hooks: hooks.statuses,
         hooks_recheck_in: hooks.recheck_in,
+        unreachable: None,
     }))
 }
 
@@ -556,41 +628,49 @@ async fn wait_ready(client: &kube::Client, patience: Duration) -> Result<(), Ten
     }
 }
 
-/// The tenant's datastore: its own database and role on the shared Postgres, or SQLite.
+/// The tenant's datastore: its dedicated etcd; the user's Postgres or etcd; or, for
+/// `backend: shared`, its user and prefix on the shared etcd, its own database and role on the
+/// shared Postgres, or SQLite. What a tenant was given is recorded in status before it is
+/// created, and a recorded choice is kept: configuring a shared etcd later moves no one's data.
 async fn ensure_datastore(
     cp: &ControlPlane,
     plan: &TenantPlan,
     ctx: &Context,
-) -> Result<KineStore, ReconcileError> {
+) -> Result<Store, ReconcileError> {
     if let Some(r) = &plan.external_datastore {
-        // The user's datastore: used as given, never created or dropped by us.
-        let invalid = |problem| ReconcileError::DatastoreSecret {
-            namespace: r.namespace.clone(),
-            name: r.name.clone(),
-            problem,
+        return external_datastore(cp, r, ctx).await;
+    }
+    let recorded = cp
+        .status
+        .as_ref()
+        .and_then(|s| s.datastore.as_ref())
+        .map(|d| d.kind.as_str());
+    if plan.backend == BackendType::Dedicated {
+        // Lives in the tenant's state dir: removed with it, nothing else to record.
+        record_datastore(ctx, cp, datastore_status("etcd", None)).await?;
+        return Ok(Store::DedicatedEtcd);
+    }
+    let on_shared_etcd = match recorded {
+        Some(kind) => kind == SHARED_ETCD,
+        None => ctx.shared_etcd.is_some(),
+    };
+    if on_shared_etcd {
+        let Some(shared) = &ctx.shared_etcd else {
+            return Err(EtcdError::NotConfigured.into());
         };
-        let secret = get_secret(ctx, &r.namespace, &r.name)
-            .await?
-            .ok_or_else(|| invalid("does not exist"))?;
-        let dsn = objects::secret_strings(&secret)
-            .remove("dsn")
-            .ok_or_else(|| invalid("has no key \"dsn\""))?;
-        if !dsn.starts_with("postgres://") && !dsn.starts_with("postgresql://") {
-            return Err(invalid("holds a dsn that is not a postgres:// URL"));
-        }
-        // Reachable with these credentials, or a clear condition now rather than a crashing Kine.
-        SharedPostgres::from_dsn(&dsn)?.connect().await?;
+        let tenant = TenantEtcdUser::for_uid(&plan.uid);
+        // Recorded before the user exists, so a teardown after a crash knows what to remove.
         record_datastore(
             ctx,
             cp,
-            DatastoreStatus {
-                kind: "external".into(),
-                database: None,
-                role: None,
-            },
+            datastore_status(SHARED_ETCD, Some(tenant.user.clone())),
         )
         .await?;
-        return Ok(KineStore::Postgres { url: dsn });
+        shared.ensure_tenant(&tenant).await?;
+        return Ok(Store::SharedEtcd {
+            endpoints: shared.endpoints().to_vec(),
+            prefix: tenant.apiserver_prefix,
+        });
     }
     let Some(pg) = &ctx.postgres else {
         record_datastore(
@@ -603,7 +683,7 @@ async fn ensure_datastore(
             },
         )
         .await?;
-        return Ok(KineStore::Sqlite);
+        return Ok(Store::Sqlite);
     };
     let database = plan.database_name();
     // Recorded before the database exists, so a teardown after a crash knows what to drop.
@@ -639,7 +719,118 @@ async fn ensure_datastore(
     if stored.as_ref().and_then(|s| s.get("url")) != Some(&url) {
         apply_secret(ctx, &objects::datastore_secret(plan, &password, &url)).await?;
     }
-    Ok(KineStore::Postgres { url })
+    Ok(Store::Postgres { url })
+}
+
+/// `status.datastore.kind` of a tenant on the shared etcd.
+const SHARED_ETCD: &str = "shared-etcd";
+
+fn datastore_status(kind: &str, role: Option<String>) -> DatastoreStatus {
+    DatastoreStatus {
+        kind: kind.into(),
+        database: None,
+        role,
+    }
+}
+
+/// The user's datastore, from the Secret they named: key `dsn` (a Postgres URL, through Kine)
+/// or `endpoints` with `ca.crt`, `tls.crt`, `tls.key` (an etcd). Checked before use, so a
+/// mistake is a condition naming the Secret rather than a crash-looping API server; used as
+/// given, never created or dropped by us.
+async fn external_datastore(
+    cp: &ControlPlane,
+    r: &validate::SecretRef,
+    ctx: &Context,
+) -> Result<Store, ReconcileError> {
+    let invalid = |problem| ReconcileError::DatastoreSecret {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        problem,
+    };
+    let unusable = |detail: String| ReconcileError::ExternalDatastore {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        detail,
+    };
+    let secret = get_secret(ctx, &r.namespace, &r.name)
+        .await?
+        .ok_or_else(|| invalid("does not exist"))?;
+    let mut data = objects::secret_strings(&secret);
+    let store = match (data.remove("dsn"), data.remove("endpoints")) {
+        (Some(dsn), None) => {
+            if !dsn.starts_with("postgres://") && !dsn.starts_with("postgresql://") {
+                return Err(invalid("holds a dsn that is not a postgres:// URL"));
+            }
+            let target = SharedPostgres::from_dsn(&dsn).map_err(|e| unusable(e.to_string()))?;
+            target
+                .connect()
+                .await
+                .map_err(|e| unusable(postgres::connect_failure(&e)))?;
+            Store::Postgres { url: dsn }
+        }
+        (None, Some(endpoints)) => {
+            let endpoints = etcd::parse_endpoints(&endpoints).map_err(|_| {
+                invalid("holds endpoints that are not comma-separated https:// URLs")
+            })?;
+            let (Some(ca_pem), Some(cert_pem), Some(key_pem)) = (
+                data.remove("ca.crt"),
+                data.remove("tls.crt"),
+                data.remove("tls.key"),
+            ) else {
+                return Err(invalid(
+                    "has endpoints but not all of \"ca.crt\", \"tls.crt\" and \"tls.key\"",
+                ));
+            };
+            let tls = EtcdClientTls {
+                ca_pem,
+                cert_pem,
+                key_pem,
+            };
+            etcd::check_health(&endpoints, &tls)
+                .await
+                .map_err(|e| unusable(e.to_string()))?;
+            Store::ExternalEtcd { endpoints, tls }
+        }
+        (Some(_), Some(_)) => return Err(invalid("has both \"dsn\" and \"endpoints\"; keep one")),
+        (None, None) => {
+            return Err(invalid(
+                "has neither key \"dsn\" (Postgres) nor \"endpoints\" (etcd)",
+            ));
+        }
+    };
+    record_datastore(ctx, cp, datastore_status("external", None)).await?;
+    Ok(store)
+}
+
+/// The tenant PKI plus what its datastore needs: a dedicated etcd's CA and certificates, or
+/// the client certificate naming its shared etcd user.
+fn with_datastore_pki(
+    mut pki: pki::PkiFiles,
+    existing: &pki::PkiFiles,
+    store: &Store,
+    request: &PkiRequest,
+    plan: &TenantPlan,
+    ctx: &Context,
+) -> Result<pki::PkiFiles, ReconcileError> {
+    let now = SystemTime::now();
+    match store {
+        Store::DedicatedEtcd => pki.extend(pki::ensure_dedicated_etcd_pki(existing, request, now)?),
+        Store::SharedEtcd { .. } => {
+            // A SharedEtcd store is only made when the shared etcd is configured.
+            if let Some(shared) = &ctx.shared_etcd {
+                let user = TenantEtcdUser::for_uid(&plan.uid);
+                pki.extend(pki::ensure_shared_etcd_client(
+                    existing,
+                    &shared.cas(),
+                    &user.user,
+                    request.leaf_validity,
+                    now,
+                )?);
+            }
+        }
+        Store::Sqlite | Store::Postgres { .. } | Store::ExternalEtcd { .. } => {}
+    }
+    Ok(pki)
 }
 
 /// KubeFlex's `postCreateHooks` map and `postCreateHookCompleted`, and our `hookStatuses`,
@@ -877,6 +1068,9 @@ async fn cleanup_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reco
         warn!(error = %e, "cannot write Deleting status");
     }
     ctx.runtime.remove(&tenant_key(&name, &uid)).await?;
+    if ctx.config.runtime == TenantRuntime::Pods {
+        ctx.pods.remove(&name).await?;
+    }
 
     let recorded: Option<&DatastoreStatus> = cp
         .status
@@ -898,10 +1092,23 @@ async fn cleanup_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reco
                 detail: "it lives on a shared Postgres, but this controller has no Postgres DSN configured".into(),
             });
         }
-        // SQLite lives in the state dir (removed above); an external datastore is the user's.
+        (_, Some(SHARED_ETCD)) => match &ctx.shared_etcd {
+            Some(shared) => shared.remove_tenant(&TenantEtcdUser::for_uid(&uid)).await?,
+            None => {
+                return Err(ReconcileError::Cleanup {
+                    what: format!("etcd keys under {}", TenantEtcdUser::for_uid(&uid).key_prefix),
+                    detail: "they live on the shared etcd, but this controller has no --shared-etcd-endpoints configured".into(),
+                });
+            }
+        },
+        // SQLite and a dedicated etcd live in the state dir (removed above); an external
+        // datastore is the user's.
         _ => {}
     }
 
+    // Host bindings or external-cluster accounts of host/external types; their credentials
+    // are in the namespace, so this comes first.
+    adopted::cleanup_adopted(cp, &ctx.client).await?;
     // Cluster-scoped hook objects would outlive the namespace.
     hooks::remove_all(&ctx.client, cp)
         .await
@@ -932,4 +1139,74 @@ async fn cleanup_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reco
     )
     .await;
     Ok(Action::await_change())
+}
+
+/// The apply branch of `host` and `external` ControlPlanes: hand out (and renew) a token for
+/// the cluster, then report it as for a tenant.
+async fn adopted_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, ReconcileError> {
+    let was_ready = cp
+        .status
+        .as_ref()
+        .is_some_and(|s| status::is_ready(&s.conditions));
+    let adopted_ctx = adopted::AdoptedContext {
+        host: &ctx.client,
+        host_access: ctx.config.host_access.as_ref(),
+        token_renew_fraction: ctx.config.token_renew_fraction,
+    };
+    let report = match adopted::apply_adopted(cp, &adopted_ctx).await {
+        Ok(report) => report,
+        Err(e) => {
+            let e = ReconcileError::from(e);
+            let ready = ConditionState::new(false, e.reason(), e.to_string());
+            let synced = ConditionState::new(false, reason::RECONCILE_ERROR, e.to_string());
+            if let Err(status_err) = write_status(ctx, cp, ready, synced, None).await {
+                warn!(error = %status_err, "cannot write status");
+            }
+            publish(ctx, cp, EventType::Warning, e.reason(), e.to_string()).await;
+            return Err(e);
+        }
+    };
+    if let Some(note) = &report.bootstrap_consumed {
+        publish(
+            ctx,
+            cp,
+            EventType::Normal,
+            "BootstrapConsumed",
+            note.clone(),
+        )
+        .await;
+    }
+    let message = format!(
+        "{} cluster at {} handed out",
+        cp.spec.type_.as_str(),
+        report.endpoint
+    );
+    let ready_report = ReadyReport {
+        endpoint: report.endpoint,
+        version: report.version,
+        renew_at: report.renew_at,
+        hooks: Vec::new(),
+        hooks_recheck_in: None,
+        unreachable: None,
+    };
+    write_status(
+        ctx,
+        cp,
+        ConditionState::new(true, reason::AVAILABLE, message.clone()),
+        ConditionState::new(true, reason::RECONCILE_SUCCESS, ""),
+        Some(&ready_report),
+    )
+    .await?;
+    if !was_ready {
+        publish(ctx, cp, EventType::Normal, reason::AVAILABLE, message).await;
+    }
+    let until_renewal = ready_report.renew_at.duration_since(Timestamp::now());
+    let requeue = until_renewal
+        .try_into()
+        .unwrap_or(Duration::from_secs(1))
+        .clamp(
+            Duration::from_secs(1),
+            ctx.config.health_interval.min(ctx.config.resync),
+        );
+    Ok(Action::requeue(requeue))
 }

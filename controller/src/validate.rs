@@ -14,7 +14,8 @@ pub struct TenantPlan {
     /// `<name>-system` on the host: the tenant's Secrets and (pods runtime) workloads.
     pub namespace: String,
     pub backend: BackendType,
-    /// backend external: the user's Secret with key `dsn` (a Postgres URL for Kine).
+    /// backend external: the user's Secret, with key `dsn` (a Postgres URL for Kine) or
+    /// `endpoints` plus `ca.crt`, `tls.crt`, `tls.key` (an etcd).
     pub external_datastore: Option<SecretRef>,
     pub release: ReleaseBinaries,
     /// Lifetime of handed-out tokens.
@@ -57,16 +58,29 @@ pub struct SecretRef {
 /// Why a spec cannot be built. Each variant is a condition reason users can grep for.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ValidateError {
-    #[error("type {0} is not supported yet; supported types: k8s")]
+    #[error("type {0} is not supported yet; supported types: k8s, host, external")]
     UnsupportedType(&'static str),
     #[error(
-        "backend {0} is not supported yet; supported backends: shared, external (Postgres DSN)"
+        "backend {0} needs what this spec lacks; supported backends: shared, dedicated, external (with datastoreSecretRef)"
     )]
     UnsupportedBackend(&'static str),
     #[error("Kubernetes version {requested} is not available on this host; available: {}", available.join(", "))]
     UnknownVersion {
         requested: String,
         available: Vec<String>,
+    },
+    #[error(
+        "version {requested} would downgrade the tenant from {running}: Kubernetes cannot downgrade its stored data; set version back to {}",
+        minor_of(running)
+    )]
+    VersionDowngrade { running: String, requested: String },
+    #[error(
+        "version {requested} skips a minor: the tenant runs {running}; upgrade one minor at a time (next: {next})"
+    )]
+    VersionSkipsMinor {
+        running: String,
+        requested: String,
+        next: String,
     },
     #[error("the ControlPlane has no name or uid yet")]
     Incomplete,
@@ -78,6 +92,8 @@ impl ValidateError {
             Self::UnsupportedType(_) => "UnsupportedType",
             Self::UnsupportedBackend(_) => "UnsupportedBackend",
             Self::UnknownVersion { .. } => "UnknownVersion",
+            Self::VersionDowngrade { .. } => "VersionDowngrade",
+            Self::VersionSkipsMinor { .. } => "VersionSkipsMinor",
             Self::Incomplete => "InvalidSpec",
         }
     }
@@ -92,7 +108,7 @@ pub fn validate(cp: &ControlPlane, catalog: &UpstreamCatalog) -> Result<TenantPl
         other => return Err(ValidateError::UnsupportedType(other.as_str())),
     }
     let external_datastore = match (spec.backend, &spec.datastore_secret_ref) {
-        (BackendType::Shared, _) => None,
+        (BackendType::Shared | BackendType::Dedicated, _) => None,
         (BackendType::External, Some(r)) => Some(SecretRef {
             name: r.name.clone(),
             namespace: r.namespace.clone(),
@@ -106,6 +122,11 @@ pub fn validate(cp: &ControlPlane, catalog: &UpstreamCatalog) -> Result<TenantPl
             requested: spec.version.clone().unwrap_or_default(),
             available: catalog.minors(),
         })?;
+    // The version the tenant runs (status.version moves once it runs the new binaries): an
+    // upgrade goes one minor at a time, as Kubernetes supports, and never down.
+    if let Some(running) = cp.status.as_ref().and_then(|s| s.version.as_deref()) {
+        check_upgrade(running, &release.version)?;
+    }
     Ok(TenantPlan {
         namespace: system_namespace(&name),
         name,
@@ -115,6 +136,38 @@ pub fn validate(cp: &ControlPlane, catalog: &UpstreamCatalog) -> Result<TenantPl
         release,
         token_ttl_seconds: spec.token_expiration_seconds,
     })
+}
+
+/// "1.37" of "1.37.2".
+fn minor_of(version: &str) -> String {
+    version.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")
+}
+
+fn minor_number(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// Whether a tenant running `running` may move to `target` (full versions): the same minor
+/// (a patch change), or the next one.
+pub fn check_upgrade(running: &str, target: &str) -> Result<(), ValidateError> {
+    let (Some(from), Some(to)) = (minor_number(running), minor_number(target)) else {
+        return Ok(());
+    };
+    if to < from {
+        return Err(ValidateError::VersionDowngrade {
+            running: running.into(),
+            requested: minor_of(target),
+        });
+    }
+    if to.0 != from.0 || to.1 > from.1 + 1 {
+        return Err(ValidateError::VersionSkipsMinor {
+            running: running.into(),
+            requested: minor_of(target),
+            next: format!("{}.{}", from.0, from.1 + 1),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -186,8 +239,53 @@ mod tests {
             (err.reason(), err.to_string()),
             (
                 "UnsupportedType",
-                "type vcluster is not supported yet; supported types: k8s".to_string()
+                "type vcluster is not supported yet; supported types: k8s, host, external"
+                    .to_string()
             )
+        );
+    }
+
+    #[test]
+    fn upgrades_go_one_minor_at_a_time_and_never_down() {
+        assert_eq!(check_upgrade("1.36.3", "1.37.2"), Ok(()));
+        assert_eq!(check_upgrade("1.37.1", "1.37.2"), Ok(()));
+        let refusals = [
+            check_upgrade("1.35.4", "1.37.2").unwrap_err(),
+            check_upgrade("1.37.2", "1.36.3").unwrap_err(),
+        ];
+        assert_eq!(
+            refusals.map(|e| (e.reason(), e.to_string())),
+            [
+                (
+                    "VersionSkipsMinor",
+                    "version 1.37 skips a minor: the tenant runs 1.35.4; upgrade one minor at a time (next: 1.36)".to_string()
+                ),
+                (
+                    "VersionDowngrade",
+                    "version 1.36 would downgrade the tenant from 1.37.2: Kubernetes cannot downgrade its stored data; set version back to 1.37".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_running_version_bounds_the_requested_one() {
+        let mut running = cp(ControlPlaneSpec {
+            version: Some("1.36".into()),
+            ..Default::default()
+        });
+        running.status = Some(hostplane_crds::ControlPlaneStatus {
+            version: Some("1.37.2".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            validate(&running, &catalog()).unwrap_err().reason(),
+            "VersionDowngrade"
+        );
+        running.spec.version = Some("1.37".into());
+        assert_eq!(
+            validate(&running, &catalog()).map(|p| p.release.version),
+            Ok("1.37.2".to_string())
         );
     }
 }

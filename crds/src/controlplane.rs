@@ -113,6 +113,27 @@ pub struct ControlPlaneSpec {
     /// When the tenant's processes are stopped to save memory (its datastore is kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hibernation: Option<Hibernation>,
+
+    /// Where the tenant's control plane pods run on the host (the `pods` runtime only; the
+    /// `processes` runtime ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Host nodes for a tenant's control plane pods: copied into its Deployment's pod template, so a
+/// change rolls the pods onto the nodes it names.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Labels a host node must carry to run the control plane pods (the pod's `nodeSelector`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints of host nodes the control plane pods tolerate (the pod's `tolerations`), such as
+    /// those of nodes reserved for tenant control planes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
 }
 
 /// Hibernation: an idle tenant's API server and controller-manager are stopped, its data kept;
@@ -360,12 +381,14 @@ pub enum HookPhase {
 #[serde(rename_all = "camelCase")]
 pub struct DatastoreStatus {
     /// `postgres` (Kine on the shared Postgres), `sqlite` (Kine on a local file, embedded
-    /// default), `etcd` (dedicated) or `external`.
+    /// default), `etcd` (dedicated), `shared-etcd` (a user and key prefix on the shared etcd)
+    /// or `external`.
     pub kind: String,
     /// Postgres database owned by the tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
-    /// Postgres login role owning `database`.
+    /// Postgres login role owning `database`; for `shared-etcd`, the tenant's etcd user (and
+    /// role), confined to the key prefix `/hostplane/<uid>/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
 }

@@ -512,6 +512,7 @@ mod tests {
                         value: value.to_string(),
                     })
                     .collect(),
+                timeout_seconds: None,
             },
         )
     }

@@ -39,7 +39,7 @@ pub use apiserver::{
 };
 pub use binaries::{Binaries, kubevirt_check, postgres_bin_dir};
 pub use command::{CommandOutput, run_command};
-pub use etcd::Etcd;
+pub use etcd::{Etcd, EtcdTls};
 pub use kine::Kine;
 pub use ports::free_port;
 pub use postgres::Postgres;

@@ -131,6 +131,11 @@ fn chart_lints_clean_and_refuses_unsafe_values() {
             ("builtinHooks.kubevirtNodes", "false"),
             ("controller.leaderElection.enabled", "false"),
         ]),
+        set(&[
+            ("controller.runtime", "pods"),
+            ("controller.postgres.dsnSecret.name", "hostplane-postgres"),
+            ("controller.replicas", "2"),
+        ]),
     ] {
         let mut args = vec!["lint", "--strict", &chart];
         args.extend(values.iter().map(String::as_str));
@@ -188,6 +193,19 @@ fn chart_lints_clean_and_refuses_unsafe_values() {
         !out.success(),
         "a token renew fraction above 1 was accepted"
     );
+    // Only the runtimes the controller implements.
+    let out = helm(
+        &home,
+        &[
+            "template",
+            RELEASE,
+            &chart,
+            "--set",
+            "controller.runtime=vms",
+        ],
+    );
+    assert!(!out.success(), "an unknown runtime was accepted");
+    assert!(out.stderr.contains("runtime"), "{}", out.stderr);
     // `--set` passes decimals as strings; a valid one still reaches the flag.
     let controller = render(&home, &["--set", "controller.tokens.renewFraction=0.9"]);
     let args = args_of(rendered_container(&controller, "controller"));
@@ -456,6 +474,146 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
     assert_eq!(monitors(&["--set", "serviceMonitor.force=true"]), 1);
 }
 
+/// The ClusterRole rules the pods runtime adds, as (apiGroup, resource, verbs).
+const PODS_RUNTIME_RULES: [(&str, &str, &[&str]); 6] = [
+    (
+        "apps",
+        "deployments",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    ("", "services", &["create", "patch", "delete"]),
+    ("", "resourcequotas", &["create", "patch", "delete"]),
+    ("", "limitranges", &["create", "patch", "delete"]),
+    (
+        "networking.k8s.io",
+        "networkpolicies",
+        &["create", "patch", "delete"],
+    ),
+    ("", "secrets", &["delete"]),
+];
+
+/// The verbs a ClusterRole's rules grant on one resource, over all rules naming it.
+fn granted(role: &Value, group: &str, resource: &str) -> BTreeSet<String> {
+    role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|rule| {
+            rule["apiGroups"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(group))
+                && rule["resources"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(resource))
+        })
+        .flat_map(|rule| rule["verbs"].as_array().unwrap().clone())
+        .map(|verb| verb.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn chart_renders_the_pods_runtime_with_its_flags_and_rules() {
+    let home = helm_home();
+    let processes = render(&home, &[]);
+    let pods = render(
+        &home,
+        &[
+            "--set",
+            "controller.runtime=pods",
+            "--set",
+            "controller.pods.images.kubeApiserver=registry.example.com/kube-apiserver",
+            "--set",
+            "controller.pods.images.kubeControllerManager=registry.example.com/kcm",
+            "--set",
+            "controller.pods.images.kubeScheduler=registry.example.com/sched",
+            "--set",
+            "controller.pods.images.kine=registry.example.com/kine:v9",
+        ],
+    );
+    // Same objects either way: tenants' pods are the controller's doing, not the chart's.
+    assert_eq!(kinds_and_names(&pods), kinds_and_names(&processes));
+
+    let args = args_of(rendered_container(&pods, "controller"));
+    let deployment = find(&pods, "Deployment", CONTROLLER_SA);
+    let selector = deployment["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("selector");
+    let pod_labels = format!(
+        "--hostplane-pod-labels={}",
+        selector
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    // Tenants' NetworkPolicies must admit exactly the controller pods (which run the proxy).
+    let template_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in selector {
+        assert_eq!(&template_labels[k], v, "pod label {k}");
+    }
+    assert_eq!(selector.len(), 3, "{selector:?}");
+    for flag in [
+        "--runtime=pods",
+        "--kube-apiserver-image=registry.example.com/kube-apiserver",
+        "--kube-controller-manager-image=registry.example.com/kcm",
+        "--kube-scheduler-image=registry.example.com/sched",
+        "--kine-image=registry.example.com/kine:v9",
+        "--hostplane-namespace=hostplane-system",
+        &pod_labels,
+    ] {
+        assert!(
+            args.iter().any(|a| a == flag),
+            "{flag} missing from {args:?}"
+        );
+    }
+    // The proxy stays beside the controller: the NetworkPolicies name those pods.
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"].as_array().map(Vec::len), Some(2));
+    assert_locked_down(deployment);
+
+    // Processes: the default runtime, none of the pods flags.
+    let args = args_of(rendered_container(&processes, "controller"));
+    assert!(args.contains(&"--runtime=processes".to_owned()), "{args:?}");
+    for flag in [
+        "--kube-apiserver-image",
+        "--kine-image",
+        "--hostplane-namespace",
+        "--hostplane-pod-labels",
+    ] {
+        assert!(
+            !args.iter().any(|a| a.starts_with(flag)),
+            "{flag} rendered for the processes runtime: {args:?}"
+        );
+    }
+
+    // The pods runtime's rules, exactly; none of them with processes.
+    let pods_role = find(&pods, "ClusterRole", CONTROLLER_SA);
+    let processes_role = find(&processes, "ClusterRole", CONTROLLER_SA);
+    for (group, resource, verbs) in PODS_RUNTIME_RULES {
+        let with_pods = granted(pods_role, group, resource);
+        let with_processes = granted(processes_role, group, resource);
+        let added: BTreeSet<String> = with_pods.difference(&with_processes).cloned().collect();
+        let expected: BTreeSet<String> = verbs.iter().map(|v| v.to_string()).collect();
+        assert_eq!(added, expected, "{group}/{resource}");
+    }
+    for (group, resource) in [
+        ("", "pods"),
+        ("", "configmaps"),
+        ("apps", "replicasets"),
+        ("apps", "deployments/scale"),
+    ] {
+        assert!(
+            granted(pods_role, group, resource).is_empty(),
+            "{group}/{resource} granted with the pods runtime"
+        );
+    }
+    let pods_rules = pods_role["rules"].as_array().unwrap().len();
+    let processes_rules = processes_role["rules"].as_array().unwrap().len();
+    assert_eq!(pods_rules, processes_rules + 4, "{pods_role}");
+}
+
 /// `kubectl auth can-i` as a ServiceAccount of the release: whether it said "yes", and all it
 /// printed.
 fn can_i(api: &KubeApiserver, service_account: &str, args: &[&str]) -> (bool, String) {
@@ -688,6 +846,19 @@ async fn chart_installs_least_privilege_rbac_into_a_real_apiserver_and_uninstall
             &["create", "postcreatehooks.tenancy.hostplane.io"],
             &["create", "serviceaccounts/token", "-n", "kube-system"],
             &["create", "deployments.apps", "-n", "acme-system"],
+            // Nothing of the pods runtime's with the processes runtime.
+            &["watch", "deployments.apps"],
+            &["patch", "deployments.apps", "-n", "acme-system"],
+            &["delete", "deployments.apps", "-n", "acme-system"],
+            &["patch", "services", "-n", "acme-system"],
+            &["patch", "resourcequotas", "-n", "acme-system"],
+            &["patch", "limitranges", "-n", "acme-system"],
+            &[
+                "patch",
+                "networkpolicies.networking.k8s.io",
+                "-n",
+                "acme-system",
+            ],
             // Only its own Lease, only in its own namespace.
             &[
                 "update",
@@ -710,6 +881,82 @@ async fn chart_installs_least_privilege_rbac_into_a_real_apiserver_and_uninstall
             &["get", "secrets/k8s-certs", "-n", "acme-system"],
         ],
     );
+
+    // Switched to the pods runtime, the controller may run tenants as Deployments: apply
+    // (server-side apply is patch, plus create for new objects), read and watch Deployments,
+    // scale them to zero, and delete what it applied.
+    let out = helm_in_cluster(&[
+        "upgrade",
+        RELEASE,
+        &chart,
+        "--set",
+        "controller.runtime=pods",
+        "--timeout",
+        "90s",
+    ]);
+    assert!(out.success(), "helm upgrade failed:\n{}", out.combined());
+    let mut pods_verbs: Vec<Vec<String>> = Vec::new();
+    for (group, resource, verbs) in PODS_RUNTIME_RULES {
+        let resource = if group.is_empty() {
+            resource.to_owned()
+        } else {
+            format!("{resource}.{group}")
+        };
+        for verb in verbs {
+            pods_verbs.push(vec![
+                verb.to_string(),
+                resource.clone(),
+                "-n".into(),
+                "acme-system".into(),
+            ]);
+        }
+    }
+    pods_verbs.push(vec!["watch".into(), "deployments.apps".into()]);
+    let pods_verbs: Vec<Vec<&str>> = pods_verbs
+        .iter()
+        .map(|args| args.iter().map(String::as_str).collect())
+        .collect();
+    let pods_cases: Vec<&[&str]> = pods_verbs.iter().map(Vec::as_slice).collect();
+    assert_can(&api, CONTROLLER_SA, &pods_cases);
+    // The Deployment controller makes the pods; the controller still touches none.
+    assert_cannot(
+        &api,
+        CONTROLLER_SA,
+        &[
+            &["create", "pods", "-n", "acme-system"],
+            &["create", "pods", "--subresource=exec", "-n", "acme-system"],
+            &["create", "replicasets.apps", "-n", "acme-system"],
+            &["create", "configmaps", "-n", "acme-system"],
+            &["update", "deployments.apps", "-n", "acme-system"],
+            &[
+                "update",
+                "deployments.apps",
+                "--subresource=scale",
+                "-n",
+                "acme-system",
+            ],
+            &["create", "serviceaccounts/token", "-n", "kube-system"],
+            &[
+                "create",
+                "roles.rbac.authorization.k8s.io",
+                "-n",
+                "acme-system",
+            ],
+            &["impersonate", "users"],
+        ],
+    );
+    let deployment = api
+        .run_kubectl(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "deployment",
+            CONTROLLER_SA,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].args}",
+        ])
+        .expect_success("kubectl get deployment");
+    assert!(deployment.contains("--runtime=pods"), "{deployment}");
 
     let out = helm_in_cluster(&["uninstall", RELEASE, "--timeout", "90s"]);
     assert!(out.success(), "helm uninstall failed:\n{}", out.combined());

@@ -59,6 +59,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
+The controller pods' selector labels as k=v,k=v (`--hostplane-pod-labels` of the pods runtime).
+*/}}
+{{- define "hostplane.controller.podLabels" -}}
+{{- $labels := include "hostplane.selectorLabels" (dict "context" . "component" "controller") | fromYaml }}
+{{- $pairs := list }}
+{{- range $key, $value := $labels }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
+{{/*
 The image reference; the tag defaults to the chart's appVersion.
 */}}
 {{- define "hostplane.image" -}}

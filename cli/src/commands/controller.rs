@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use hostplane_controller::config::{ControllerConfig, ProxyAccess};
+use hostplane_controller::build::pods::{self, PeerPods};
+use hostplane_controller::config::{ControllerConfig, ProxyAccess, TenantRuntime};
 use hostplane_controller::leader::{self, LeaderElector, LeaseConfig};
+use hostplane_controller::provision::adopted;
+use hostplane_controller::provision::etcd::SharedEtcdFiles;
 use hostplane_controller::reconcile::{self, Context};
 use hostplane_controller::upstream::default_upstream_root;
 
@@ -56,6 +59,56 @@ pub struct ControllerOptions {
     /// Seconds a post-create hook's Jobs may take to complete before the hook is Failed.
     #[arg(long, env = "HOSTPLANE_HOOK_TIMEOUT_SECONDS", default_value_t = 600)]
     pub hook_timeout_seconds: u64,
+    /// URL of the host API server for people outside the host, put in the kubeconfigs of
+    /// `type: host` ControlPlanes (default: the URL the controller itself uses).
+    #[arg(long, env = "HOSTPLANE_HOST_SERVER_URL")]
+    pub host_server_url: Option<String>,
+    /// Last: its help heading applies to the options after it.
+    #[command(flatten)]
+    pub shared_etcd: SharedEtcdOptions,
+}
+
+/// The shared etcd, for `backend: shared` tenants.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Shared etcd")]
+pub struct SharedEtcdOptions {
+    /// Comma-separated https:// client URLs of a shared etcd (auth enabled, client certificates
+    /// required). When set, new `backend: shared` ControlPlanes live there instead of on the
+    /// shared Postgres: each gets an etcd user `hp-<uid>` whose role may read and write only
+    /// the prefix `/hostplane/<uid>/`, and a client certificate naming that user. Tenants
+    /// created earlier stay where they are.
+    #[arg(long, env = "HOSTPLANE_SHARED_ETCD_ENDPOINTS", requires_all = ["shared_etcd_ca_file", "shared_etcd_cert_file", "shared_etcd_key_file", "shared_etcd_client_ca_key"])]
+    pub shared_etcd_endpoints: Option<String>,
+    /// CA certificate (PEM) that signed the shared etcd's serving certificate.
+    #[arg(long, env = "HOSTPLANE_SHARED_ETCD_CA_FILE")]
+    pub shared_etcd_ca_file: Option<PathBuf>,
+    /// Client certificate of the etcd `root` user (its common name is `root`), to manage tenant
+    /// users, roles and keys.
+    #[arg(long, env = "HOSTPLANE_SHARED_ETCD_CERT_FILE")]
+    pub shared_etcd_cert_file: Option<PathBuf>,
+    /// Key of --shared-etcd-cert-file.
+    #[arg(long, env = "HOSTPLANE_SHARED_ETCD_KEY_FILE")]
+    pub shared_etcd_key_file: Option<PathBuf>,
+    /// CA certificate the shared etcd trusts for clients (its --trusted-ca-file), when it is
+    /// not --shared-etcd-ca-file.
+    #[arg(long, env = "HOSTPLANE_SHARED_ETCD_CLIENT_CA_FILE")]
+    pub shared_etcd_client_ca_file: Option<PathBuf>,
+    /// Key of that client CA: tenants' client certificates are signed with it.
+    #[arg(long, env = "HOSTPLANE_SHARED_ETCD_CLIENT_CA_KEY")]
+    pub shared_etcd_client_ca_key: Option<PathBuf>,
+}
+
+impl SharedEtcdOptions {
+    fn files(&self) -> Option<SharedEtcdFiles> {
+        Some(SharedEtcdFiles {
+            endpoints: self.shared_etcd_endpoints.clone()?,
+            ca_file: self.shared_etcd_ca_file.clone()?,
+            cert_file: self.shared_etcd_cert_file.clone()?,
+            key_file: self.shared_etcd_key_file.clone()?,
+            client_ca_file: self.shared_etcd_client_ca_file.clone(),
+            client_ca_key_file: self.shared_etcd_client_ca_key.clone()?,
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -64,6 +117,94 @@ pub struct ControllerArgs {
     pub options: ControllerOptions,
     #[command(flatten)]
     pub leader_election: LeaderElectionOptions,
+    #[command(flatten)]
+    pub runtime: RuntimeOptions,
+}
+
+/// Where tenant control planes run.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Child processes of the controller, state under --state-dir; needs no kubelet.
+    Processes,
+    /// A Deployment and a Service per tenant in its <name>-system namespace of the host, fenced
+    /// by a ResourceQuota, a LimitRange and NetworkPolicies; for running inside Kubernetes.
+    Pods,
+}
+
+/// The tenant runtime, and the images and peers of the pods runtime.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Tenant runtime")]
+pub struct RuntimeOptions {
+    /// Where tenant control planes run: `processes` (local child processes) or `pods`
+    /// (Deployments in the host; the tenant endpoint is https://<name>.<name>-system.svc:443).
+    #[arg(long, env = "HOSTPLANE_RUNTIME", value_enum, default_value_t = RuntimeKind::Processes)]
+    pub runtime: RuntimeKind,
+    /// pods runtime: kube-apiserver image repository; the tag is the tenant's version (v1.37.2).
+    #[arg(long, env = "HOSTPLANE_KUBE_APISERVER_IMAGE", default_value = pods::DEFAULT_KUBE_APISERVER_IMAGE)]
+    pub kube_apiserver_image: String,
+    /// pods runtime: kube-controller-manager image repository; tagged with the tenant's version.
+    #[arg(long, env = "HOSTPLANE_KUBE_CONTROLLER_MANAGER_IMAGE", default_value = pods::DEFAULT_KUBE_CONTROLLER_MANAGER_IMAGE)]
+    pub kube_controller_manager_image: String,
+    /// pods runtime: kube-scheduler image repository (tenants with worker nodes); tagged with
+    /// the tenant's version.
+    #[arg(long, env = "HOSTPLANE_KUBE_SCHEDULER_IMAGE", default_value = pods::DEFAULT_KUBE_SCHEDULER_IMAGE)]
+    pub kube_scheduler_image: String,
+    /// pods runtime: full Kine image reference (repository:tag), the sidecar serving the
+    /// tenant's datastore to its API server on the pod's loopback.
+    #[arg(long, env = "HOSTPLANE_KINE_IMAGE", default_value = pods::DEFAULT_KINE_IMAGE)]
+    pub kine_image: String,
+    /// pods runtime: namespace of the hostplane controller and proxy pods, which tenants'
+    /// NetworkPolicies admit (default: the controller's own namespace, else hostplane-system).
+    #[arg(long, env = "HOSTPLANE_NAMESPACE")]
+    pub hostplane_namespace: Option<String>,
+    /// pods runtime: labels (k=v,k=v) of the hostplane controller and proxy pods, which
+    /// tenants' NetworkPolicies admit.
+    #[arg(
+        long,
+        env = "HOSTPLANE_POD_LABELS",
+        default_value = "app.kubernetes.io/name=hostplane,app.kubernetes.io/component=controller"
+    )]
+    pub hostplane_pod_labels: String,
+}
+
+impl RuntimeOptions {
+    pub fn apply(&self, config: &mut ControllerConfig) -> anyhow::Result<()> {
+        config.runtime = match self.runtime {
+            RuntimeKind::Processes => TenantRuntime::Processes,
+            RuntimeKind::Pods => TenantRuntime::Pods,
+        };
+        let images = &mut config.pods.images;
+        images.kube_apiserver = self.kube_apiserver_image.clone();
+        images.kube_controller_manager = self.kube_controller_manager_image.clone();
+        images.kube_scheduler = self.kube_scheduler_image.clone();
+        images.kine = self.kine_image.clone();
+        let mut labels = std::collections::BTreeMap::new();
+        for pair in self
+            .hostplane_pod_labels
+            .split(',')
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = pair
+                .split_once('=')
+                .with_context(|| format!("--hostplane-pod-labels: {pair:?} is not key=value"))?;
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let namespace = self
+            .hostplane_namespace
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+                    .ok()
+                    .map(|ns| ns.trim().to_string())
+                    .filter(|ns| !ns.is_empty())
+            })
+            .unwrap_or_else(|| "hostplane-system".into());
+        // The chart runs the proxy in the controller's pods.
+        let peers = PeerPods { namespace, labels };
+        config.pods.proxy = peers.clone();
+        config.pods.controller = peers;
+        Ok(())
+    }
 }
 
 /// Leader election, for running several replicas of the controller of which one reconciles.
@@ -150,6 +291,7 @@ impl ControllerOptions {
                 .unwrap_or_else(default_upstream_root),
         );
         config.postgres_dsn = self.postgres_dsn.clone();
+        config.shared_etcd = self.shared_etcd.files();
         config.token_renew_fraction = self.token_renew_fraction;
         config.resync = Duration::from_secs(self.resync_seconds.max(1));
         config.health_interval = Duration::from_secs(self.health_check_seconds.max(1));
@@ -193,15 +335,19 @@ pub async fn shutdown_signal() {
 }
 
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let config = args.options.config()?;
+    let mut config = args.options.config()?;
+    args.runtime.apply(&mut config)?;
     let lease = args
         .leader_election
         .leader_elect
         .then(|| args.leader_election.lease_config())
         .transpose()?;
-    let client = kube::Client::try_default()
+    let host = kube::Config::infer()
         .await
         .context("connecting to the host cluster (KUBECONFIG)")?;
+    config.host_access = adopted::host_access(&host, args.options.host_server_url.as_deref());
+    let client =
+        kube::Client::try_from(host).context("connecting to the host cluster (KUBECONFIG)")?;
     let ctx = Arc::new(
         Context::new(client, config)
             .map_err(|e| anyhow::anyhow!(e))

@@ -14,6 +14,9 @@ pub enum Credential<'a> {
     Token(&'a str),
     /// A client certificate and key in PEM (components and the controller only).
     ClientCert { cert_pem: &'a str, key_pem: &'a str },
+    /// A client certificate and key named by path: client-go re-reads such files, so a
+    /// component picks up a renewed certificate without a restart.
+    ClientCertFiles { cert: &'a str, key: &'a str },
 }
 
 /// A single-context kubeconfig for `server`, trusting `ca_pem`.
@@ -29,6 +32,10 @@ pub fn kubeconfig(
         Credential::ClientCert { cert_pem, key_pem } => json!({
             "client-certificate-data": STANDARD.encode(cert_pem),
             "client-key-data": STANDARD.encode(key_pem),
+        }),
+        Credential::ClientCertFiles { cert, key } => json!({
+            "client-certificate": cert,
+            "client-key": key,
         }),
     };
     let value = json!({

@@ -4,4 +4,5 @@
 pub mod join;
 pub mod kubeconfig;
 pub mod objects;
+pub mod pods;
 pub mod processes;

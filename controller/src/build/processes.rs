@@ -18,15 +18,47 @@ pub struct TenantPorts {
     pub kine: u16,
     pub apiserver: u16,
     pub controller_manager: u16,
+    /// Client and peer ports of a dedicated etcd. Absent from `ports.json` files written before
+    /// dedicated etcd existed: read as 0, then allocated by the runtime.
+    #[serde(default)]
+    pub etcd_client: u16,
+    #[serde(default)]
+    pub etcd_peer: u16,
 }
 
-/// Where Kine keeps the tenant's data.
+/// Where the tenant API server keeps its data.
 #[derive(Clone, Debug, PartialEq)]
-pub enum KineStore {
-    /// A SQLite file in the tenant's state dir (embedded default, no Postgres configured).
+pub enum Store {
+    /// Kine on a SQLite file in the tenant's state dir (embedded default, no Postgres configured).
     Sqlite,
-    /// The tenant's own database on the shared Postgres, as its own login role.
+    /// Kine on a Postgres database: the tenant's own on the shared Postgres (as its own login
+    /// role), or the user's.
     Postgres { url: String },
+    /// An etcd of the tenant's own, run beside its API server, mTLS only, with the tenant's etcd
+    /// CA and certificates (`etcd-*` and `apiserver-etcd-client.*` of the tenant PKI).
+    DedicatedEtcd,
+    /// The shared etcd, confined to the tenant's key prefix by an etcd user and role; the
+    /// tenant PKI holds the shared etcd's CA (`etcd-ca.crt`) and the client certificate naming
+    /// that user (`apiserver-etcd-client.*`).
+    SharedEtcd {
+        endpoints: Vec<String>,
+        /// kube-apiserver's `--etcd-prefix`, such as `/hostplane/<uid hex>`.
+        prefix: String,
+    },
+    /// The user's etcd, reached with the credentials of their Secret.
+    ExternalEtcd {
+        endpoints: Vec<String>,
+        tls: EtcdClientTls,
+    },
+}
+
+/// PEM client credentials for an etcd.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EtcdClientTls {
+    /// The CA that signed the etcd's serving certificate.
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 /// One process to run: what the runtime starts, checks and restarts.
@@ -59,7 +91,10 @@ impl ControlPlaneBundle {
         for (path, data) in &self.files {
             h.update(path.to_string_lossy().as_bytes());
             h.update([0]);
-            h.update(data);
+            // A renewed leaf is picked up from its file by the process reading it: no restart.
+            if !RELOADED_FILES.iter().any(|f| path == Path::new(f)) {
+                h.update(data);
+            }
             h.update([0]);
         }
         for p in &self.processes {
@@ -78,6 +113,28 @@ impl ControlPlaneBundle {
     }
 }
 
+/// Leaf certificates and keys the tenant's processes re-read when they change, so renewing
+/// them restarts nothing: kube-apiserver watches its serving pair, its kubelet and front-proxy
+/// client pairs (apiserver dynamiccertificates, client-go `ReloadTLSFiles`); kube-controller-
+/// manager and kube-scheduler name their client pairs by path in their kubeconfigs (client-go
+/// re-reads them every 5 minutes, far inside the third of a leaf's life left at renewal);
+/// `admin.*` is the controller's own and read by no process. CAs are not here: a new CA changes
+/// the kubeconfigs' embedded CA data, and every process restarts with it.
+pub const RELOADED_FILES: [&str; 12] = [
+    "pki/apiserver.crt",
+    "pki/apiserver.key",
+    "pki/apiserver-kubelet-client.crt",
+    "pki/apiserver-kubelet-client.key",
+    "pki/front-proxy-client.crt",
+    "pki/front-proxy-client.key",
+    "pki/controller-manager.crt",
+    "pki/controller-manager.key",
+    "pki/scheduler.crt",
+    "pki/scheduler.key",
+    "pki/admin.crt",
+    "pki/admin.key",
+];
+
 /// Inputs of a tenant control plane's processes.
 #[derive(Clone, Debug)]
 pub struct BundleInput<'a> {
@@ -87,7 +144,7 @@ pub struct BundleInput<'a> {
     pub release: &'a ReleaseBinaries,
     pub ports: TenantPorts,
     pub pki: &'a PkiFiles,
-    pub store: &'a KineStore,
+    pub store: &'a Store,
     /// The tenant has worker nodes: it runs kube-scheduler too.
     pub workers: bool,
 }
@@ -146,13 +203,159 @@ pub fn kube_apiserver_args(pki_dir: &Path, secure_port: u16, etcd_servers: &str)
     ]
 }
 
+/// Where a tenant PKI file lives in the state dir: kubeadm's layout, `pki/etcd/ca.crt` for the
+/// Secret key `etcd-ca.crt` (Secret keys cannot hold a `/`), `pki/<key>` for the rest.
+pub fn pki_file_path(key: &str) -> PathBuf {
+    match key.strip_prefix("etcd-") {
+        Some(file) => Path::new("pki/etcd").join(file),
+        None => Path::new("pki").join(key),
+    }
+}
+
+/// The user's etcd credentials, written into the state dir from their Secret.
+const EXTERNAL_ETCD_FILES: [&str; 3] =
+    ["datastore/ca.crt", "datastore/tls.crt", "datastore/tls.key"];
+
+/// Settings of a dedicated etcd sized for one small tenant.
+mod dedicated_etcd {
+    /// kube-apiserver compacts every 5 minutes; this is the etcd's own backstop.
+    pub const COMPACTION_RETENTION: &str = "10m";
+    /// 1 GiB, half etcd's default: a runaway tenant meets the read-only alarm long before it
+    /// fills the host's disk, and a normal one never comes near it.
+    pub const QUOTA_BACKEND_BYTES: &str = "1073741824";
+    /// Raft entries kept in memory between snapshots (default 10000): fewer for a small tenant.
+    pub const SNAPSHOT_COUNT: &str = "5000";
+    /// Defragment at start when that frees at least this many MiB (a restart reclaims space).
+    pub const BOOTSTRAP_DEFRAG_THRESHOLD_MB: &str = "64";
+}
+
+/// The datastore process the tenant runs (Kine or its dedicated etcd, none for a shared or
+/// external etcd), the `--etcd-servers` its API server uses, and the API server's further
+/// etcd client flags. Adds the files they need to `files`.
+fn datastore_processes(
+    input: &BundleInput<'_>,
+    files: &mut BTreeMap<PathBuf, Vec<u8>>,
+) -> (Option<ProcessSpec>, String, Vec<String>) {
+    let dir = input.dir;
+    let path = |rel: &str| dir.join(rel).to_string_lossy().into_owned();
+    let pki = |key: &str| path(&pki_file_path(key).to_string_lossy());
+    let tenant_pki_client_args = || {
+        vec![
+            format!("--etcd-cafile={}", pki("etcd-ca.crt")),
+            format!("--etcd-certfile={}", pki("apiserver-etcd-client.crt")),
+            format!("--etcd-keyfile={}", pki("apiserver-etcd-client.key")),
+        ]
+    };
+    let kine = |endpoint: String| ProcessSpec {
+        name: "kine",
+        program: input.release.kine.clone(),
+        args: vec![
+            format!("--listen-address=127.0.0.1:{}", input.ports.kine),
+            // Kine serves metrics on :8080 by default, which every tenant would fight over.
+            "--metrics-bind-address=0".into(),
+        ],
+        env: vec![
+            ("KINE_ENDPOINT".into(), endpoint),
+            ("GOGC".into(), TENANT_GOGC.into()),
+        ],
+        after_api_ready: false,
+    };
+    let kine_url = format!("http://127.0.0.1:{}", input.ports.kine);
+    match input.store {
+        // Kine's own default SQLite options; `_txlock=immediate` matters most: without it the
+        // pure-Go driver loses concurrent write transactions that Kine reports as committed.
+        Store::Sqlite => (
+            Some(kine(format!(
+                "sqlite://{}?_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate",
+                dir.join("kine/state.db").display()
+            ))),
+            kine_url,
+            vec![],
+        ),
+        Store::Postgres { url } => (Some(kine(url.clone())), kine_url, vec![]),
+        Store::DedicatedEtcd => {
+            let client_url = format!("https://127.0.0.1:{}", input.ports.etcd_client);
+            let peer_url = format!("https://127.0.0.1:{}", input.ports.etcd_peer);
+            let etcd = ProcessSpec {
+                name: "etcd",
+                program: input.release.etcd.clone(),
+                args: vec![
+                    format!("--name={}", input.name),
+                    // Inside the tenant's state dir: removed with it when the tenant is deleted.
+                    format!("--data-dir={}", path("etcd")),
+                    // https only, and only for clients with a certificate of the tenant's etcd
+                    // CA: no plaintext port, and the tenant's own users (cluster CA) get nowhere.
+                    format!("--listen-client-urls={client_url}"),
+                    format!("--advertise-client-urls={client_url}"),
+                    "--client-cert-auth=true".into(),
+                    format!("--trusted-ca-file={}", pki("etcd-ca.crt")),
+                    format!("--cert-file={}", pki("etcd-server.crt")),
+                    format!("--key-file={}", pki("etcd-server.key")),
+                    format!("--listen-peer-urls={peer_url}"),
+                    format!("--initial-advertise-peer-urls={peer_url}"),
+                    format!("--initial-cluster={}={peer_url}", input.name),
+                    "--initial-cluster-state=new".into(),
+                    "--peer-client-cert-auth=true".into(),
+                    format!("--peer-trusted-ca-file={}", pki("etcd-ca.crt")),
+                    format!("--peer-cert-file={}", pki("etcd-peer.crt")),
+                    format!("--peer-key-file={}", pki("etcd-peer.key")),
+                    "--auto-compaction-mode=periodic".into(),
+                    format!(
+                        "--auto-compaction-retention={}",
+                        dedicated_etcd::COMPACTION_RETENTION
+                    ),
+                    format!(
+                        "--quota-backend-bytes={}",
+                        dedicated_etcd::QUOTA_BACKEND_BYTES
+                    ),
+                    format!("--snapshot-count={}", dedicated_etcd::SNAPSHOT_COUNT),
+                    format!(
+                        "--bootstrap-defrag-threshold-megabytes={}",
+                        dedicated_etcd::BOOTSTRAP_DEFRAG_THRESHOLD_MB
+                    ),
+                ],
+                env: vec![("GOGC".into(), TENANT_GOGC.into())],
+                after_api_ready: false,
+            };
+            (Some(etcd), client_url, tenant_pki_client_args())
+        }
+        Store::SharedEtcd { endpoints, prefix } => {
+            let mut args = tenant_pki_client_args();
+            args.extend([
+                format!("--etcd-prefix={prefix}"),
+                // kube-apiserver records compactions under `compact_rev_key`, outside every
+                // tenant's prefix, which the tenant's etcd role may not write: the shared etcd
+                // compacts itself (--auto-compaction-*) instead.
+                "--etcd-compaction-interval=0".into(),
+            ]);
+            (None, endpoints.join(","), args)
+        }
+        Store::ExternalEtcd { endpoints, tls } => {
+            let [ca, cert, key] = EXTERNAL_ETCD_FILES;
+            for (file, pem) in [
+                (ca, &tls.ca_pem),
+                (cert, &tls.cert_pem),
+                (key, &tls.key_pem),
+            ] {
+                files.insert(PathBuf::from(file), pem.as_bytes().to_vec());
+            }
+            let args = vec![
+                format!("--etcd-cafile={}", path(ca)),
+                format!("--etcd-certfile={}", path(cert)),
+                format!("--etcd-keyfile={}", path(key)),
+            ];
+            (None, endpoints.join(","), args)
+        }
+    }
+}
+
 pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
     let dir = input.dir;
     let pki = |f: &str| dir.join("pki").join(f).to_string_lossy().into_owned();
     let mut files: BTreeMap<PathBuf, Vec<u8>> = input
         .pki
         .iter()
-        .map(|(name, pem)| (Path::new("pki").join(name), pem.as_bytes().to_vec()))
+        .map(|(name, pem)| (pki_file_path(name), pem.as_bytes().to_vec()))
         .collect();
 
     let apiserver_url = format!("https://127.0.0.1:{}", input.ports.apiserver);
@@ -166,17 +369,9 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
         &apiserver_url,
         ca,
         "system:kube-controller-manager",
-        &Credential::ClientCert {
-            cert_pem: input
-                .pki
-                .get("controller-manager.crt")
-                .map(String::as_str)
-                .unwrap_or_default(),
-            key_pem: input
-                .pki
-                .get("controller-manager.key")
-                .map(String::as_str)
-                .unwrap_or_default(),
+        &Credential::ClientCertFiles {
+            cert: &pki("controller-manager.crt"),
+            key: &pki("controller-manager.key"),
         },
     );
     files.insert(
@@ -188,38 +383,14 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
         .to_string_lossy()
         .into_owned();
 
-    let kine_endpoint = match input.store {
-        // Kine's own default SQLite options; `_txlock=immediate` matters most: without it the
-        // pure-Go driver loses concurrent write transactions that Kine reports as committed.
-        KineStore::Sqlite => format!(
-            "sqlite://{}?_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate",
-            dir.join("kine/state.db").display()
-        ),
-        KineStore::Postgres { url } => url.clone(),
-    };
-    let kine = ProcessSpec {
-        name: "kine",
-        program: input.release.kine.clone(),
-        args: vec![
-            format!("--listen-address=127.0.0.1:{}", input.ports.kine),
-            // Kine serves metrics on :8080 by default, which every tenant would fight over.
-            "--metrics-bind-address=0".into(),
-        ],
-        env: vec![
-            ("KINE_ENDPOINT".into(), kine_endpoint),
-            ("GOGC".into(), TENANT_GOGC.into()),
-        ],
-        after_api_ready: false,
-    };
-
+    let (datastore, etcd_servers, etcd_client_args) = datastore_processes(input, &mut files);
+    let mut apiserver_args =
+        kube_apiserver_args(&dir.join("pki"), input.ports.apiserver, &etcd_servers);
+    apiserver_args.extend(etcd_client_args);
     let apiserver = ProcessSpec {
         name: "kube-apiserver",
         program: input.release.kube_apiserver.clone(),
-        args: kube_apiserver_args(
-            &dir.join("pki"),
-            input.ports.apiserver,
-            &format!("http://127.0.0.1:{}", input.ports.kine),
-        ),
+        args: apiserver_args,
         env: vec![("GOGC".into(), TENANT_GOGC.into())],
         after_api_ready: false,
     };
@@ -250,7 +421,8 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
         after_api_ready: true,
     };
 
-    let mut processes = vec![kine, apiserver, controller_manager];
+    let mut processes: Vec<ProcessSpec> = datastore.into_iter().collect();
+    processes.extend([apiserver, controller_manager]);
     if input.workers {
         // Pods need placing only when there are nodes to place them on.
         let scheduler_config = kubeconfig::kubeconfig(
@@ -258,17 +430,9 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
             &apiserver_url,
             ca,
             "system:kube-scheduler",
-            &Credential::ClientCert {
-                cert_pem: input
-                    .pki
-                    .get("scheduler.crt")
-                    .map(String::as_str)
-                    .unwrap_or_default(),
-                key_pem: input
-                    .pki
-                    .get("scheduler.key")
-                    .map(String::as_str)
-                    .unwrap_or_default(),
+            &Credential::ClientCertFiles {
+                cert: &pki("scheduler.crt"),
+                key: &pki("scheduler.key"),
             },
         );
         files.insert(
@@ -323,11 +487,11 @@ mod tests {
         .collect()
     }
 
-    fn bundle(store: &KineStore) -> ControlPlaneBundle {
+    fn bundle(store: &Store) -> ControlPlaneBundle {
         bundle_with_workers(store, false)
     }
 
-    fn bundle_with_workers(store: &KineStore, workers: bool) -> ControlPlaneBundle {
+    fn bundle_with_workers(store: &Store, workers: bool) -> ControlPlaneBundle {
         control_plane_bundle(&BundleInput {
             name: "acme",
             dir: Path::new("/state/acme-1"),
@@ -336,6 +500,8 @@ mod tests {
                 kine: 20001,
                 apiserver: 20002,
                 controller_manager: 20003,
+                etcd_client: 20004,
+                etcd_peer: 20005,
             },
             pki: &pki(),
             store,
@@ -345,7 +511,7 @@ mod tests {
 
     #[test]
     fn a_tenant_with_workers_runs_kube_scheduler_as_system_kube_scheduler() {
-        let b = bundle_with_workers(&KineStore::Sqlite, true);
+        let b = bundle_with_workers(&Store::Sqlite, true);
         let scheduler = b.processes.last().unwrap();
         assert_eq!(
             (
@@ -371,7 +537,7 @@ mod tests {
         let conf = String::from_utf8(b.files[Path::new("scheduler.conf")].clone()).unwrap();
         assert!(conf.contains("system:kube-scheduler"), "{conf}");
         assert!(
-            !bundle(&KineStore::Sqlite)
+            !bundle(&Store::Sqlite)
                 .files
                 .contains_key(Path::new("scheduler.conf"))
         );
@@ -379,7 +545,7 @@ mod tests {
 
     #[test]
     fn postgres_dsn_goes_to_kine_by_environment_not_argv() {
-        let b = bundle(&KineStore::Postgres {
+        let b = bundle(&Store::Postgres {
             url: "postgres://hp_x:secret@127.0.0.1:5432/hp_x".into(),
         });
         let kine = &b.processes[0];
@@ -415,7 +581,7 @@ mod tests {
 
     #[test]
     fn sqlite_store_lives_in_the_state_dir() {
-        let b = bundle(&KineStore::Sqlite);
+        let b = bundle(&Store::Sqlite);
         assert_eq!(
             b.processes[0].env,
             vec![
@@ -430,7 +596,7 @@ mod tests {
 
     #[test]
     fn apiserver_and_controller_manager_flags() {
-        let b = bundle(&KineStore::Sqlite);
+        let b = bundle(&Store::Sqlite);
         let names: Vec<_> = b.processes.iter().map(|p| p.name).collect();
         assert_eq!(names, ["kine", "kube-apiserver", "kube-controller-manager"]);
         let api = &b.processes[1].args;
@@ -465,7 +631,7 @@ mod tests {
 
     #[test]
     fn files_are_the_pki_and_the_controller_manager_kubeconfig() {
-        let b = bundle(&KineStore::Sqlite);
+        let b = bundle(&Store::Sqlite);
         let names: Vec<_> = b
             .files
             .keys()
@@ -493,14 +659,312 @@ mod tests {
 
     #[test]
     fn fingerprint_changes_with_files_and_flags_only() {
-        let a = bundle(&KineStore::Sqlite);
-        assert_eq!(a.fingerprint(), bundle(&KineStore::Sqlite).fingerprint());
+        let a = bundle(&Store::Sqlite);
+        assert_eq!(a.fingerprint(), bundle(&Store::Sqlite).fingerprint());
         let mut b = a.clone();
         b.files.insert("pki/ca.crt".into(), b"rotated".to_vec());
         assert_ne!(a.fingerprint(), b.fingerprint());
-        let c = bundle(&KineStore::Postgres {
+        let c = bundle(&Store::Postgres {
             url: "postgres://x".into(),
         });
         assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    /// The tenant PKI with the etcd files of a dedicated etcd.
+    fn pki_with_etcd() -> PkiFiles {
+        let mut files = pki();
+        for f in [
+            "etcd-ca.crt",
+            "etcd-ca.key",
+            "etcd-server.crt",
+            "etcd-server.key",
+            "etcd-peer.crt",
+            "etcd-peer.key",
+            "apiserver-etcd-client.crt",
+            "apiserver-etcd-client.key",
+        ] {
+            files.insert(f.to_string(), format!("PEM of {f}"));
+        }
+        files
+    }
+
+    fn bundle_with_pki(store: &Store, pki: &PkiFiles) -> ControlPlaneBundle {
+        control_plane_bundle(&BundleInput {
+            name: "acme",
+            dir: Path::new("/state/acme-1"),
+            release: &release(),
+            ports: TenantPorts {
+                kine: 20001,
+                apiserver: 20002,
+                controller_manager: 20003,
+                etcd_client: 20004,
+                etcd_peer: 20005,
+            },
+            pki,
+            store,
+            workers: false,
+        })
+    }
+
+    /// The API server's flags after the common ones (`kube_apiserver_args`), and its etcd servers.
+    fn apiserver_etcd_flags(b: &ControlPlaneBundle) -> (String, Vec<String>) {
+        let api = b
+            .processes
+            .iter()
+            .find(|p| p.name == "kube-apiserver")
+            .unwrap();
+        let common = kube_apiserver_args(Path::new("/state/acme-1/pki"), 20002, "X").len();
+        let servers = api
+            .args
+            .iter()
+            .find_map(|a| a.strip_prefix("--etcd-servers="))
+            .unwrap()
+            .to_string();
+        (servers, api.args[common..].to_vec())
+    }
+
+    #[test]
+    fn a_dedicated_etcd_runs_beside_the_api_server_mtls_only_in_the_state_dir() {
+        let b = bundle_with_pki(&Store::DedicatedEtcd, &pki_with_etcd());
+        let names: Vec<_> = b.processes.iter().map(|p| p.name).collect();
+        assert_eq!(names, ["etcd", "kube-apiserver", "kube-controller-manager"]);
+        assert_eq!(
+            b.processes[0],
+            ProcessSpec {
+                name: "etcd",
+                program: PathBuf::from("/bin/etcd"),
+                args: [
+                    "--name=acme",
+                    "--data-dir=/state/acme-1/etcd",
+                    "--listen-client-urls=https://127.0.0.1:20004",
+                    "--advertise-client-urls=https://127.0.0.1:20004",
+                    "--client-cert-auth=true",
+                    "--trusted-ca-file=/state/acme-1/pki/etcd/ca.crt",
+                    "--cert-file=/state/acme-1/pki/etcd/server.crt",
+                    "--key-file=/state/acme-1/pki/etcd/server.key",
+                    "--listen-peer-urls=https://127.0.0.1:20005",
+                    "--initial-advertise-peer-urls=https://127.0.0.1:20005",
+                    "--initial-cluster=acme=https://127.0.0.1:20005",
+                    "--initial-cluster-state=new",
+                    "--peer-client-cert-auth=true",
+                    "--peer-trusted-ca-file=/state/acme-1/pki/etcd/ca.crt",
+                    "--peer-cert-file=/state/acme-1/pki/etcd/peer.crt",
+                    "--peer-key-file=/state/acme-1/pki/etcd/peer.key",
+                    "--auto-compaction-mode=periodic",
+                    "--auto-compaction-retention=10m",
+                    "--quota-backend-bytes=1073741824",
+                    "--snapshot-count=5000",
+                    "--bootstrap-defrag-threshold-megabytes=64",
+                ]
+                .map(String::from)
+                .to_vec(),
+                env: vec![("GOGC".to_string(), "50".to_string())],
+                after_api_ready: false,
+            }
+        );
+        assert_eq!(
+            apiserver_etcd_flags(&b),
+            (
+                "https://127.0.0.1:20004".to_string(),
+                [
+                    "--etcd-cafile=/state/acme-1/pki/etcd/ca.crt",
+                    "--etcd-certfile=/state/acme-1/pki/apiserver-etcd-client.crt",
+                    "--etcd-keyfile=/state/acme-1/pki/apiserver-etcd-client.key",
+                ]
+                .map(String::from)
+                .to_vec()
+            )
+        );
+        let files: Vec<_> = b
+            .files
+            .keys()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            files,
+            [
+                "controller-manager.conf",
+                "pki/apiserver-etcd-client.crt",
+                "pki/apiserver-etcd-client.key",
+                "pki/ca.crt",
+                "pki/ca.key",
+                "pki/controller-manager.crt",
+                "pki/controller-manager.key",
+                "pki/etcd/ca.crt",
+                "pki/etcd/ca.key",
+                "pki/etcd/peer.crt",
+                "pki/etcd/peer.key",
+                "pki/etcd/server.crt",
+                "pki/etcd/server.key",
+                "pki/sa.key",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_shared_etcd_tenant_runs_no_datastore_and_stays_in_its_prefix() {
+        let mut pki = pki();
+        for f in [
+            "etcd-ca.crt",
+            "apiserver-etcd-client.crt",
+            "apiserver-etcd-client.key",
+        ] {
+            pki.insert(f.to_string(), format!("PEM of {f}"));
+        }
+        let b = bundle_with_pki(
+            &Store::SharedEtcd {
+                endpoints: vec![
+                    "https://127.0.0.1:2379".into(),
+                    "https://127.0.0.1:2381".into(),
+                ],
+                prefix: "/hostplane/0f8e".into(),
+            },
+            &pki,
+        );
+        let names: Vec<_> = b.processes.iter().map(|p| p.name).collect();
+        assert_eq!(names, ["kube-apiserver", "kube-controller-manager"]);
+        assert_eq!(
+            apiserver_etcd_flags(&b),
+            (
+                "https://127.0.0.1:2379,https://127.0.0.1:2381".to_string(),
+                [
+                    "--etcd-cafile=/state/acme-1/pki/etcd/ca.crt",
+                    "--etcd-certfile=/state/acme-1/pki/apiserver-etcd-client.crt",
+                    "--etcd-keyfile=/state/acme-1/pki/apiserver-etcd-client.key",
+                    "--etcd-prefix=/hostplane/0f8e",
+                    "--etcd-compaction-interval=0",
+                ]
+                .map(String::from)
+                .to_vec()
+            )
+        );
+    }
+
+    #[test]
+    fn an_external_etcd_is_reached_with_the_users_credentials_written_to_the_state_dir() {
+        let b = bundle_with_pki(
+            &Store::ExternalEtcd {
+                endpoints: vec!["https://10.0.0.5:2379".into()],
+                tls: EtcdClientTls {
+                    ca_pem: "their CA".into(),
+                    cert_pem: "their cert".into(),
+                    key_pem: "their key".into(),
+                },
+            },
+            &pki(),
+        );
+        let names: Vec<_> = b.processes.iter().map(|p| p.name).collect();
+        assert_eq!(names, ["kube-apiserver", "kube-controller-manager"]);
+        assert_eq!(
+            apiserver_etcd_flags(&b),
+            (
+                "https://10.0.0.5:2379".to_string(),
+                [
+                    "--etcd-cafile=/state/acme-1/datastore/ca.crt",
+                    "--etcd-certfile=/state/acme-1/datastore/tls.crt",
+                    "--etcd-keyfile=/state/acme-1/datastore/tls.key",
+                ]
+                .map(String::from)
+                .to_vec()
+            )
+        );
+        let written: Vec<(String, String)> = b
+            .files
+            .iter()
+            .filter(|(p, _)| p.starts_with("datastore"))
+            .map(|(p, d)| {
+                (
+                    p.to_string_lossy().into_owned(),
+                    String::from_utf8(d.clone()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            written,
+            [
+                ("datastore/ca.crt", "their CA"),
+                ("datastore/tls.crt", "their cert"),
+                ("datastore/tls.key", "their key"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+
+    #[test]
+    fn ports_files_from_before_dedicated_etcd_still_read() {
+        let old: TenantPorts =
+            serde_json::from_str(r#"{"kine":1,"apiserver":2,"controller_manager":3}"#).unwrap();
+        assert_eq!(
+            old,
+            TenantPorts {
+                kine: 1,
+                apiserver: 2,
+                controller_manager: 3,
+                etcd_client: 0,
+                etcd_peer: 0,
+            }
+        );
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    fn bundle(files: &[(&str, &str)]) -> ControlPlaneBundle {
+        ControlPlaneBundle {
+            files: files
+                .iter()
+                .map(|(p, d)| (PathBuf::from(p), d.as_bytes().to_vec()))
+                .collect(),
+            processes: vec![],
+        }
+    }
+
+    #[test]
+    fn renewed_leaves_restart_nothing_but_a_new_ca_or_kubeconfig_does() {
+        let before = bundle(&[
+            ("pki/apiserver.crt", "leaf 1"),
+            ("pki/controller-manager.key", "key 1"),
+            ("pki/ca.crt", "ca 1"),
+            ("controller-manager.conf", "conf 1"),
+        ]);
+        let renewed = bundle(&[
+            ("pki/apiserver.crt", "leaf 2"),
+            ("pki/controller-manager.key", "key 2"),
+            ("pki/ca.crt", "ca 1"),
+            ("controller-manager.conf", "conf 1"),
+        ]);
+        assert_eq!(before.fingerprint(), renewed.fingerprint());
+        for (file, changed) in [
+            ("pki/ca.crt", "ca 2"),
+            ("controller-manager.conf", "conf 2"),
+        ] {
+            let mut other = before.clone();
+            other.files.insert(file.into(), changed.as_bytes().to_vec());
+            assert_ne!(before.fingerprint(), other.fingerprint(), "{file}");
+        }
+    }
+
+    #[test]
+    fn controller_manager_reads_its_client_pair_by_path() {
+        let config = kubeconfig::kubeconfig(
+            "acme",
+            "https://127.0.0.1:1",
+            "CA",
+            "system:kube-controller-manager",
+            &Credential::ClientCertFiles {
+                cert: "/s/pki/controller-manager.crt",
+                key: "/s/pki/controller-manager.key",
+            },
+        );
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&kubeconfig::to_yaml(&config)).unwrap();
+        assert_eq!(
+            yaml["users"][0],
+            serde_yaml::from_str::<serde_yaml::Value>(
+                "name: system:kube-controller-manager\nuser:\n  client-certificate: /s/pki/controller-manager.crt\n  client-key: /s/pki/controller-manager.key\n"
+            )
+            .unwrap()
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Step 4: idempotent `ensure_*` of state outside the host API (datastores, credentials inside
 //! the tenant). Each result is recorded before anything relies on it.
 
+pub mod adopted;
+pub mod etcd;
 pub mod hooks;
 pub mod join;
 pub mod postgres;

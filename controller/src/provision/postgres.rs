@@ -35,6 +35,16 @@ fn detail(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Why a connection failed, without calling the database shared (for the user's own).
+pub fn connect_failure(e: &PostgresError) -> String {
+    match e {
+        PostgresError::Unreachable { target, source } => {
+            format!("cannot connect to Postgres at {target}: {}", detail(source))
+        }
+        other => other.to_string(),
+    }
+}
+
 /// How long a connection attempt to the shared Postgres may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

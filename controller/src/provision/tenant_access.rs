@@ -172,7 +172,7 @@ pub async fn remove_nodes(
 }
 
 /// A token minted for people, with its lifetime.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MintedToken {
     pub token: String,
     pub issued_at: Timestamp,
@@ -184,6 +184,18 @@ pub async fn mint_token(
     client: &kube::Client,
     ttl_seconds: i64,
 ) -> Result<MintedToken, TenantAccessError> {
+    request_token(client, ADMIN_NAMESPACE, ADMIN_SERVICE_ACCOUNT, ttl_seconds)
+        .await?
+        .ok_or_else(|| TenantAccessError::Client("TokenRequest returned no token or expiry".into()))
+}
+
+/// TokenRequest on any ServiceAccount; `Ok(None)` when the answer lacks the token or its expiry.
+pub async fn request_token(
+    client: &kube::Client,
+    namespace: &str,
+    service_account: &str,
+    ttl_seconds: i64,
+) -> Result<Option<MintedToken>, TenantAccessError> {
     let issued_at = Timestamp::now();
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
@@ -192,23 +204,17 @@ pub async fn mint_token(
         }),
         ..Default::default()
     };
-    let response = Api::<ServiceAccount>::namespaced(client.clone(), ADMIN_NAMESPACE)
-        .create_token_request(ADMIN_SERVICE_ACCOUNT, &PostParams::default(), &request)
+    let response = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(service_account, &PostParams::default(), &request)
         .await
         .map_err(TenantAccessError::TokenRequest)?;
-    let status = response
-        .status
-        .ok_or_else(|| TenantAccessError::Client("TokenRequest returned no status".into()))?;
-    match (status.token, status.expiration_timestamp) {
-        (Some(token), Some(expires_at)) => Ok(MintedToken {
-            token,
+    Ok(response.status.and_then(|status| {
+        Some(MintedToken {
+            token: status.token?,
             issued_at,
-            expires_at: expires_at.0,
-        }),
-        _ => Err(TenantAccessError::Client(
-            "TokenRequest returned no token or expiry".into(),
-        )),
-    }
+            expires_at: status.expiration_timestamp?.0,
+        })
+    }))
 }
 
 /// Whether the handed-out token must be replaced now: when `renew_fraction` of its life has

@@ -83,17 +83,37 @@ impl ProcessRuntime {
         let dir = self.tenant_dir(key);
         create_private_dir(&dir).map_err(Self::io_err(&dir))?;
         let path = dir.join("ports.json");
-        if let Ok(bytes) = std::fs::read(&path)
-            && let Ok(ports) = serde_json::from_slice::<TenantPorts>(&bytes)
-        {
-            return Ok(ports);
-        }
-        let [kine, apiserver, controller_manager] =
-            free_ports::<3>().map_err(RuntimeError::Ports)?;
-        let ports = TenantPorts {
-            kine,
-            apiserver,
-            controller_manager,
+        let kept = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<TenantPorts>(&bytes).ok());
+        let ports = match kept {
+            Some(ports) if ports.etcd_client != 0 && ports.etcd_peer != 0 => return Ok(ports),
+            // Written before dedicated etcd existed: keep its ports, add the etcd ones.
+            Some(old) => {
+                let taken = [old.kine, old.apiserver, old.controller_manager];
+                let [etcd_client, etcd_peer] = loop {
+                    let pair = free_ports::<2>().map_err(RuntimeError::Ports)?;
+                    if pair.iter().all(|p| !taken.contains(p)) {
+                        break pair;
+                    }
+                };
+                TenantPorts {
+                    etcd_client,
+                    etcd_peer,
+                    ..old
+                }
+            }
+            None => {
+                let [kine, apiserver, controller_manager, etcd_client, etcd_peer] =
+                    free_ports::<5>().map_err(RuntimeError::Ports)?;
+                TenantPorts {
+                    kine,
+                    apiserver,
+                    controller_manager,
+                    etcd_client,
+                    etcd_peer,
+                }
+            }
         };
         write_private_file(&path, &serde_json::to_vec(&ports).expect("ports serialize"))
             .map_err(Self::io_err(&path))?;
@@ -113,7 +133,9 @@ impl ProcessRuntime {
                     if t.fingerprint == fingerprint
                         && t.supervisors.iter().all(|s| !s.is_finished()) =>
                 {
-                    return Ok(());
+                    // The same processes; renewed leaves they re-read still go to disk.
+                    drop(tenants);
+                    return self.write_files(key, bundle);
                 }
                 _ => tenants.remove(key),
             }
@@ -126,16 +148,7 @@ impl ProcessRuntime {
             stop_supervisors(old).await;
         }
         let dir = self.tenant_dir(key);
-        create_private_dir(&dir).map_err(Self::io_err(&dir))?;
-        for (rel, data) in &bundle.files {
-            let path = dir.join(rel);
-            if let Some(parent) = path.parent() {
-                create_private_dir(parent).map_err(Self::io_err(parent))?;
-            }
-            if std::fs::read(&path).ok().as_deref() != Some(data.as_slice()) {
-                write_private_file(&path, data).map_err(Self::io_err(&path))?;
-            }
-        }
+        self.write_files(key, bundle)?;
         for sub in ["kine", "logs"] {
             let p = dir.join(sub);
             create_private_dir(&p).map_err(Self::io_err(&p))?;
@@ -171,6 +184,23 @@ impl ProcessRuntime {
                 supervisors,
             },
         );
+        Ok(())
+    }
+
+    /// Writes the bundle's files that differ on disk, each atomically (a renamed-in file is
+    /// what kube-apiserver's certificate watch expects).
+    fn write_files(&self, key: &str, bundle: &ControlPlaneBundle) -> Result<(), RuntimeError> {
+        let dir = self.tenant_dir(key);
+        create_private_dir(&dir).map_err(Self::io_err(&dir))?;
+        for (rel, data) in &bundle.files {
+            let path = dir.join(rel);
+            if let Some(parent) = path.parent() {
+                create_private_dir(parent).map_err(Self::io_err(parent))?;
+            }
+            if std::fs::read(&path).ok().as_deref() != Some(data.as_slice()) {
+                write_private_file(&path, data).map_err(Self::io_err(&path))?;
+            }
+        }
         Ok(())
     }
 
@@ -596,6 +626,36 @@ mod tests {
         let rt = ProcessRuntime::new(tmp.path());
         let a = rt.ports("t3").unwrap();
         assert_eq!(ProcessRuntime::new(tmp.path()).ports("t3").unwrap(), a);
-        assert!(a.kine != a.apiserver && a.apiserver != a.controller_manager);
+        let mut all = vec![
+            a.kine,
+            a.apiserver,
+            a.controller_manager,
+            a.etcd_client,
+            a.etcd_peer,
+        ];
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 5, "{a:?}");
+    }
+
+    #[test]
+    fn ports_of_an_older_tenant_are_kept_and_etcd_ports_added() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("t5")).unwrap();
+        std::fs::write(
+            tmp.path().join("t5/ports.json"),
+            r#"{"kine":41001,"apiserver":41002,"controller_manager":41003}"#,
+        )
+        .unwrap();
+        let rt = ProcessRuntime::new(tmp.path());
+        let ports = rt.ports("t5").unwrap();
+        assert_eq!(
+            (ports.kine, ports.apiserver, ports.controller_manager),
+            (41001, 41002, 41003)
+        );
+        assert!(
+            ports.etcd_client != 0 && ports.etcd_peer != 0 && ports.etcd_client != ports.etcd_peer
+        );
+        assert_eq!(rt.ports("t5").unwrap(), ports);
     }
 }
