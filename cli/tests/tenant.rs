@@ -563,7 +563,7 @@ async fn unsatisfiable_specs_get_a_reason_and_recover_when_fixed() {
     .await;
     assert_eq!(
         condition(&cp, "Ready").unwrap().2,
-        "type vcluster is not supported yet; supported types: k8s"
+        "type vcluster is not supported yet; supported types: k8s, host, external"
     );
 
     bed.apply("apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: old\nspec:\n  version: \"1.20\"\n");

@@ -5,6 +5,7 @@
 pub mod client_hello;
 pub mod metrics;
 pub mod router;
+#[cfg(feature = "routes")]
 pub mod routes;
 pub mod table;
 

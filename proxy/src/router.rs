@@ -43,6 +43,11 @@ impl Default for ProxyConfig {
     }
 }
 
+/// Buffer per direction of a relayed connection. tokio's default of 8 KiB caps bulk throughput
+/// at about half of a direct connection on 2 cores (one small read and write per 8 KiB);
+/// 64 KiB measured 1.39× the 8 KiB throughput (bench `proxy`), for 128 KiB per open connection.
+const RELAY_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Pause after a failed accept (out of file descriptors, say), so that the loop
 /// does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -176,7 +181,14 @@ async fn proxy_connection(
     };
     // Each direction is shut down for writing when the other side ends it, and the
     // other direction goes on: a half-closed TLS connection keeps working.
-    match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+    match tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut backend,
+        RELAY_BUFFER_BYTES,
+        RELAY_BUFFER_BYTES,
+    )
+    .await
+    {
         Ok((sent, received)) => debug!(sent, received, "connection finished"),
         Err(error) => {
             metrics.count_error("relay_io");

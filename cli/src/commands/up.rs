@@ -32,7 +32,7 @@ pub struct UpArgs {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let progress = Progress::new();
-    let config = args.options.config()?;
+    let mut config = args.options.config()?;
     let catalog =
         UpstreamCatalog::scan(&config.upstream_root).context("finding upstream binaries")?;
     let release = catalog
@@ -52,6 +52,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         "CRDs installed: controlplanes.tenancy.hostplane.io, postcreatehooks.tenancy.hostplane.io",
     );
 
+    // What `type: host` ControlPlanes hand out: the embedded host, as its admin kubeconfig names it.
+    let host_config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&host.kubeconfig_path)
+            .context("reading the embedded host's kubeconfig")?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .context("reading the embedded host's kubeconfig")?;
+    config.host_access = hostplane_controller::provision::adopted::host_access(
+        &host_config,
+        args.options.host_server_url.as_deref(),
+    );
     let ctx = Arc::new(
         Context::new(host.client.clone(), config.clone()).map_err(|e| anyhow::anyhow!(e))?,
     );
