@@ -31,12 +31,15 @@ pub struct Workload {
 /// Operations before the measured ones, so connection set-up and cold caches are not measured.
 const WARM_UP: usize = 10;
 
-/// Latencies in milliseconds, per operation kind.
-struct Latencies {
-    create: Vec<f64>,
-    list: Vec<f64>,
-    watch: Vec<f64>,
-}
+/// The measured operations, in the order of [`Latencies`].
+const OPERATIONS: [&str; 3] = [
+    "create ConfigMap (1 KiB)",
+    "list namespace's ConfigMaps",
+    "update → watch event",
+];
+
+/// Latencies in milliseconds of each of [`OPERATIONS`].
+type Latencies = [Vec<f64>; 3];
 
 fn percentile(v: &[f64], p: f64) -> f64 {
     let mut v = v.to_vec();
@@ -159,11 +162,7 @@ async fn measure(client: kube::Client, w: Workload) -> anyhow::Result<Latencies>
             watch.push(millis(started));
         }
     }
-    Ok(Latencies {
-        create,
-        list,
-        watch,
-    })
+    Ok([create, list, watch])
 }
 
 pub async fn run(w: Workload) -> anyhow::Result<String> {
@@ -212,24 +211,16 @@ pub async fn run(w: Workload) -> anyhow::Result<String> {
     let mut table = String::from(
         "| operation (ms) | shared Postgres p50 / p99 | dedicated etcd p50 / p99 | shared etcd p50 / p99 | Postgres p99 ÷ etcd p99 (dedicated / shared) |\n| --- | --- | --- | --- | --- |\n",
     );
-    let ops: [(&str, fn(&Latencies) -> &Vec<f64>); 3] = [
-        ("create ConfigMap (1 KiB)", |l| &l.create),
-        ("list namespace's ConfigMaps", |l| &l.list),
-        ("update → watch event", |l| &l.watch),
-    ];
     let mut worst_ratio: f64 = 0.0;
-    for (op, of) in ops {
+    for (i, op) in OPERATIONS.iter().enumerate() {
+        let at = |l: &Latencies, p: f64| percentile(&l[i], p);
         let mut row = format!("| {op} ");
         for (_, l) in &results {
-            row.push_str(&format!(
-                "| {:.1} / {:.1} ",
-                percentile(of(l), 50.0),
-                percentile(of(l), 99.0)
-            ));
+            row.push_str(&format!("| {:.1} / {:.1} ", at(l, 50.0), at(l, 99.0)));
         }
-        let postgres_p99 = percentile(of(&results[0].1), 99.0);
+        let postgres_p99 = at(&results[0].1, 99.0);
         let [dedicated, shared] =
-            [&results[1].1, &results[2].1].map(|l| postgres_p99 / percentile(of(l), 99.0));
+            [&results[1].1, &results[2].1].map(|l| postgres_p99 / at(l, 99.0));
         worst_ratio = worst_ratio.max(dedicated).max(shared);
         row.push_str(&format!("| {dedicated:.2}× / {shared:.2}× |\n"));
         table.push_str(&row);

@@ -77,6 +77,9 @@ pub struct ControllerConfig {
     /// The host API server as `type: host` ControlPlanes hand it out; `None` when the controller
     /// could not tell (such ControlPlanes then get a condition saying so).
     pub host_access: Option<HostAccess>,
+    /// How long a CA rotation waits in each stage (see `pki::rotation`); `None` waits a
+    /// tenant's token lifetime, so that every kubeconfig handed out before it has expired.
+    pub ca_rotation_overlap: Option<Duration>,
 }
 
 impl ControllerConfig {
@@ -99,6 +102,7 @@ impl ControllerConfig {
             idle_after: None,
             hook_timeout: Duration::from_secs(600),
             host_access: None,
+            ca_rotation_overlap: None,
         }
     }
 }

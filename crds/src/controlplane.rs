@@ -288,6 +288,23 @@ pub struct ControlPlaneStatus {
     /// Since when the tenant is hibernated (processes stopped); absent while it is awake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hibernated_at: Option<Time>,
+    /// Progress of the last cluster CA rotation asked for by the annotation
+    /// `tenancy.hostplane.io/rotate-ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_rotation: Option<CaRotationStatus>,
+}
+
+/// Where a cluster CA rotation stands: `TrustingBoth` (new CA trusted beside the old, leaves
+/// still from the old), `Switched` (leaves from the new CA, old still trusted), `Completed`
+/// (old CA dropped).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaRotationStatus {
+    /// The annotation value this rotation answers.
+    pub requested: String,
+    pub stage: String,
+    /// When the stage began (RFC 3339).
+    pub since: String,
 }
 
 /// Reference to the Secret with the tenant's kubeconfigs (KubeFlex's shape).
