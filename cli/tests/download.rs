@@ -48,6 +48,8 @@ async fn download_client(url: &str, ca_file: &Path) -> kube::Client {
     let mut config = kube::Config::new(url.parse().unwrap());
     config.root_cert = Some(vec![pem_to_der(&std::fs::read_to_string(ca_file).unwrap())]);
     config.read_timeout = Some(Duration::from_secs(60));
+    // Each answer as the endpoint gives it: no retries of 503s.
+    config.default_retry = false;
     kube::Client::try_from(config).unwrap()
 }
 

@@ -710,7 +710,7 @@ impl Endpoint {
         let minted = tenant_access::mint_token(&tenant, ttl)
             .await
             .map_err(tenant_failure)?;
-        let ca = pki.get("ca.crt").map(String::as_str).unwrap_or_default();
+        let ca = crate::pki::rotation::trusted(&pki).unwrap_or_default();
         let config =
             kubeconfig::handed_out(name, &endpoint, ca, &minted.token, self.proxy.as_ref());
         info!(expires_at = %minted.expires_at, "issued a kubeconfig");
@@ -788,6 +788,9 @@ pub async fn download_kubeconfig(
     let mut config = kube::Config::new(url);
     config.connect_timeout = Some(Duration::from_secs(10));
     config.read_timeout = Some(REQUEST_TIMEOUT + Duration::from_secs(5));
+    // A 503 (tenant not Ready) is an answer for the person asking, not something to retry for
+    // minutes, as kube's default server retry policy would.
+    config.default_retry = false;
     if let Some(path) = request.ca_file {
         let roots = CertificateDer::pem_file_iter(path)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
