@@ -19,6 +19,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
 mod etcd;
+pub mod rotation;
 pub use etcd::{
     API_SERVER_ETCD_CLIENT, SharedEtcdCas, ensure_dedicated_etcd_pki, ensure_shared_etcd_client,
 };

@@ -48,6 +48,7 @@ use crate::validate::{
     self, TenantPlan, ValidateError, database_name_for_uid, system_namespace, tenant_key,
 };
 
+mod ca_rotation;
 mod pods_tenant;
 
 pub const FINALIZER: &str = "tenancy.hostplane.io/cleanup";
@@ -508,12 +509,14 @@ async fn provision_tenant(
         ca_validity: ctx.config.ca_validity,
         leaf_validity: ctx.config.leaf_validity,
     };
-    let pki = pki::ensure_pki(&existing, &request, SystemTime::now())?;
-    let pki = with_datastore_pki(pki, &existing, &store, &request, plan, ctx)?;
+    // With a CA rotation (annotation `rotate-ca`) moved on as far as its stages allow.
+    let rotation = ca_rotation::ensure_pki(cp, plan, ctx, &existing, &request)?;
+    let pki = with_datastore_pki(rotation.files, &existing, &store, &request, plan, ctx)?;
     if pki != existing {
         // Stored before any process uses it: a crash here must not lose a CA in use.
         apply_secret(ctx, &objects::certs_secret(plan, &pki)).await?;
     }
+    ca_rotation::record(ctx, cp, rotation.record.as_ref()).await?;
 
     if ctx.config.runtime == TenantRuntime::Pods {
         return pods_tenant::provision(cp, plan, ctx, &store, &pki).await;
@@ -558,8 +561,13 @@ async fn serve_tenant(
     let renew_at = ensure_kubeconfig(plan, ctx, client, &endpoint, pki).await?;
     // Back when a certificate is due as well, so that short leaf lifetimes never lapse.
     let renew_at = pki::next_renewal(pki)
-        .and_then(|due| Timestamp::try_from(due).ok())
-        .map_or(renew_at, |due| renew_at.min(due));
+        .into_iter()
+        .chain(pki::rotation::next_stage_at(
+            pki,
+            ca_rotation::overlap(plan, ctx),
+        ))
+        .filter_map(|due| Timestamp::try_from(due).ok())
+        .fold(renew_at, Timestamp::min);
     // Hooks run once the tenant answers and its kubeconfig Secret exists.
     let join_endpoint = match &ctx.config.proxy {
         // Nodes dial the tenant by name at the proxy (the serving cert carries that name).
@@ -920,11 +928,16 @@ async fn ensure_kubeconfig(
         let expires: Timestamp = a.get(objects::TOKEN_EXPIRES_AT)?.parse().ok()?;
         Some((issued, expires))
     });
+    // The CAs to trust (two during a CA rotation): a kubeconfig with others is re-issued.
+    let ca = pki::rotation::trusted(pki).unwrap_or_default();
+    let ca_data = kubeconfig::ca_data(ca);
     let server_matches = current.as_ref().is_some_and(|s| {
         let data = objects::secret_strings(s);
         data.get(KUBECONFIG_KEY)
-            .is_some_and(|k| k.contains(&wanted_server))
-            && data.contains_key(KUBECONFIG_INCLUSTER_KEY)
+            .is_some_and(|k| k.contains(&wanted_server) && k.contains(&ca_data))
+            && data
+                .get(KUBECONFIG_INCLUSTER_KEY)
+                .is_some_and(|k| k.contains(&ca_data))
     });
     let fraction = ctx.config.token_renew_fraction;
     if let Some((issued, expires)) = times
@@ -940,7 +953,6 @@ async fn ensure_kubeconfig(
         return Ok(tenant_access::renew_at(issued, expires, fraction));
     }
     let minted = tenant_access::mint_token(tenant, plan.token_ttl_seconds).await?;
-    let ca = pki.get("ca.crt").map(String::as_str).unwrap_or_default();
     // Inside the host, workloads reach the tenant directly; people go through the proxy when
     // there is one, naming the tenant by SNI.
     let incluster = kubeconfig::to_yaml(&kubeconfig::handed_out(

@@ -66,7 +66,11 @@ pub struct ControllerOptions {
     /// Seconds each stage of a tenant CA rotation (annotation tenancy.hostplane.io/rotate-ca)
     /// lasts before the next; 0 (default) waits the tenant's token lifetime, so that every
     /// kubeconfig handed out before the rotation has expired. Shorten only for tests.
-    #[arg(long, env = "HOSTPLANE_CA_ROTATION_OVERLAP_SECONDS", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "HOSTPLANE_CA_ROTATION_OVERLAP_SECONDS",
+        default_value_t = 0
+    )]
     pub ca_rotation_overlap_seconds: u64,
     /// Last: its help heading applies to the options after it.
     #[command(flatten)]
@@ -309,8 +313,8 @@ impl ControllerOptions {
         config.idle_after =
             Some(Duration::from_secs(self.idle_after_seconds)).filter(|d| !d.is_zero());
         config.hook_timeout = Duration::from_secs(self.hook_timeout_seconds.max(1));
-        config.ca_rotation_overlap = Some(Duration::from_secs(self.ca_rotation_overlap_seconds))
-            .filter(|d| !d.is_zero());
+        config.ca_rotation_overlap =
+            Some(Duration::from_secs(self.ca_rotation_overlap_seconds)).filter(|d| !d.is_zero());
         Ok(config)
     }
 }

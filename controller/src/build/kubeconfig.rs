@@ -91,6 +91,11 @@ pub fn handed_out(
     }
 }
 
+/// `certificate-authority-data` as a kubeconfig carries `ca_pem`.
+pub fn ca_data(ca_pem: &str) -> String {
+    STANDARD.encode(ca_pem)
+}
+
 /// The kubeconfig as YAML, the form kubectl and people read.
 pub fn to_yaml(config: &Kubeconfig) -> String {
     serde_yaml::to_string(config).expect("a Kubeconfig always serializes")

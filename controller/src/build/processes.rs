@@ -359,11 +359,13 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
         .collect();
 
     let apiserver_url = format!("https://127.0.0.1:{}", input.ports.apiserver);
-    let ca = input
-        .pki
-        .get("ca.crt")
-        .map(String::as_str)
-        .unwrap_or_default();
+    // During a cluster CA rotation (`pki::rotation`) clients trust, and the API server accepts
+    // client certificates from, the bundle of both CAs.
+    let ca = crate::pki::rotation::trusted(input.pki).unwrap_or_default();
+    let trust_file = match input.pki.contains_key(crate::pki::rotation::BUNDLE) {
+        true => crate::pki::rotation::BUNDLE,
+        false => "ca.crt",
+    };
     let kcm_config = kubeconfig::kubeconfig(
         input.name,
         &apiserver_url,
@@ -387,6 +389,11 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
     let mut apiserver_args =
         kube_apiserver_args(&dir.join("pki"), input.ports.apiserver, &etcd_servers);
     apiserver_args.extend(etcd_client_args);
+    for arg in &mut apiserver_args {
+        if arg.starts_with("--client-ca-file=") {
+            *arg = format!("--client-ca-file={}", pki(trust_file));
+        }
+    }
     let apiserver = ProcessSpec {
         name: "kube-apiserver",
         program: input.release.kube_apiserver.clone(),
@@ -408,7 +415,7 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
             // The tenant CA signs CSRs, so kubelets joining with bootstrap tokens get certificates.
             format!("--cluster-signing-cert-file={}", pki("ca.crt")),
             format!("--cluster-signing-key-file={}", pki("ca.key")),
-            format!("--root-ca-file={}", pki("ca.crt")),
+            format!("--root-ca-file={}", pki(trust_file)),
             format!("--service-account-private-key-file={}", pki("sa.key")),
             format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
             "--use-service-account-credentials=true".into(),

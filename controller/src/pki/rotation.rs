@@ -18,7 +18,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::{PkiError, PkiFiles, PkiRequest, bad_pem, ensure_ca, ensure_pki, load_ca, unix_seconds};
+use super::{
+    PkiError, PkiFiles, PkiRequest, bad_pem, ensure_ca, ensure_pki, load_ca, unix_seconds,
+};
 
 /// The ControlPlane annotation asking for a rotation: any value not handled before.
 pub const ANNOTATION: &str = "tenancy.hostplane.io/rotate-ca";
@@ -122,7 +124,10 @@ pub fn ensure_pki_rotating(
     let overlap = i64::try_from(input.overlap.as_secs()).unwrap_or(i64::MAX);
     let due = |r: &Record| now_secs >= r.since.saturating_add(overlap);
     let mut files = existing.clone();
-    let under_way = existing.get(STATE).map(|s| Record::from_file(s)).transpose()?;
+    let under_way = existing
+        .get(STATE)
+        .map(|s| Record::from_file(s))
+        .transpose()?;
     let record = match under_way {
         Some(r) if r.stage == Stage::TrustingBoth && due(&r) => {
             let (Some(next_crt), Some(next_key), Some(old)) = (
@@ -210,16 +215,11 @@ pub fn ensure_pki_rotating(
         out.insert(BUNDLE.into(), bundle(&[&out["ca.crt"], &other]));
         out.insert(STATE.into(), r.to_file());
     }
-    Ok(Outcome {
-        files: out,
-        record,
-    })
+    Ok(Outcome { files: out, record })
 }
 
 fn bundle(pems: &[&str]) -> String {
-    pems.iter()
-        .map(|p| format!("{}\n", p.trim_end()))
-        .collect()
+    pems.iter().map(|p| format!("{}\n", p.trim_end())).collect()
 }
 
 /// The cluster CA certificates clients must trust: the bundle during a rotation, else `ca.crt`.

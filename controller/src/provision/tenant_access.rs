@@ -49,7 +49,8 @@ pub async fn controller_client(
     let config = kubeconfig::kubeconfig(
         "tenant",
         endpoint,
-        get("ca.crt")?,
+        // Both CAs during a CA rotation: the serving certificate may come from either.
+        crate::pki::rotation::trusted(pki).ok_or(TenantAccessError::MissingCert("ca.crt"))?,
         "hostplane-controller",
         &Credential::ClientCert {
             cert_pem: get("admin.crt")?,
