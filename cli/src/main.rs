@@ -30,7 +30,7 @@ enum Command {
     /// processes runtime, and a sample tenant you can kubectl into. Runs until Ctrl-C.
     Up(commands::up::UpArgs),
     /// Run the controller against the host cluster of the current kubeconfig.
-    Controller(commands::controller::ControllerArgs),
+    Controller(Box<commands::controller::ControllerArgs>),
     /// Serve every tenant on one TLS port, routed by SNI (NAME.DOMAIN), TLS passed through.
     Proxy(commands::proxy::ProxyArgs),
     /// Create a ControlPlane (and wait until it is Ready).
@@ -64,7 +64,7 @@ async fn main() -> std::process::ExitCode {
     init_tracing(&cli.log);
     let result = match cli.command {
         Command::Up(args) => commands::up::run(args).await,
-        Command::Controller(args) => commands::controller::run(args).await,
+        Command::Controller(args) => commands::controller::run(*args).await,
         Command::Proxy(args) => commands::proxy::run(args).await,
         Command::Create(args) => commands::manage::create(args).await,
         Command::Delete(args) => commands::manage::delete(args).await,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use hostplane_crds::ControlPlane;
 use hostplane_tests::{KubeApiserver, Postgres, start_apiserver_on_etcd};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -44,6 +44,8 @@ impl Bed {
                 ("HOSTPLANE_RUNTIME", "pods"),
                 ("HOSTPLANE_NAMESPACE", "hostplane-system"),
                 ("HOSTPLANE_KINE_IMAGE", "example.test/kine:v9"),
+                ("HOSTPLANE_ETCD_IMAGE", "example.test/etcd:v9"),
+                ("HOSTPLANE_ETCD_STORAGE_CLASS", "fast"),
             ],
         );
         Self {
@@ -460,5 +462,226 @@ async fn a_controlplane_becomes_a_fenced_deployment_that_is_ready_when_available
     assert!(
         ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
         "namespace {NS} is not being deleted"
+    );
+}
+
+/// What the StatefulSet controller would write once the etcd pod is ready.
+async fn mark_etcd_ready(sets: &Api<StatefulSet>, name: &str) {
+    let generation = sets.get(name).await.unwrap().metadata.generation.unwrap();
+    let status = json!({"status": {
+        "observedGeneration": generation,
+        "replicas": 1, "readyReplicas": 1, "currentReplicas": 1, "updatedReplicas": 1,
+        "availableReplicas": 1,
+        "currentRevision": format!("{name}-1"), "updateRevision": format!("{name}-1"),
+    }});
+    sets.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+/// The DNS names of a PEM certificate, read with openssl.
+fn dns_names(pem: &[u8]) -> Vec<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    child.stdin.take().unwrap().write_all(pem).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl x509 failed");
+    String::from_utf8_lossy(&out.stdout)
+        .split([',', '\n'])
+        .filter_map(|n| n.trim().strip_prefix("DNS:").map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dedicated_etcd_is_a_stateful_set_and_ready_needs_it_and_the_deployment() {
+    let bed = Bed::start().await;
+    let cps = Api::<ControlPlane>::all(bed.host.client());
+    bed.apply("apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: acme\nspec:\n  type: k8s\n  backend: dedicated\n");
+
+    let sets = bed.api::<StatefulSet>();
+    let set = eventually("the etcd StatefulSet", || async {
+        sets.get_opt("acme-etcd").await.unwrap()
+    })
+    .await;
+    let spec = to_json(&set)["spec"].clone();
+    assert_eq!(
+        (
+            &spec["replicas"],
+            &spec["serviceName"],
+            &spec["persistentVolumeClaimRetentionPolicy"]
+        ),
+        (
+            &json!(1),
+            &json!("acme-etcd"),
+            &json!({"whenDeleted": "Delete", "whenScaled": "Retain"})
+        )
+    );
+    assert_eq!(
+        spec["volumeClaimTemplates"][0]["metadata"]["name"],
+        json!("data")
+    );
+    assert_eq!(
+        spec["volumeClaimTemplates"][0]["spec"],
+        json!({
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "2Gi"}},
+            "storageClassName": "fast",
+            "volumeMode": "Filesystem"
+        })
+    );
+    let pod = &spec["template"]["spec"];
+    let etcd = &pod["containers"][0];
+    assert_eq!(etcd["image"], "example.test/etcd:v9");
+    let args: Vec<&str> = etcd["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    for arg in [
+        "--listen-client-urls=https://0.0.0.0:2379",
+        "--advertise-client-urls=https://acme-etcd.acme-system.svc:2379",
+        "--client-cert-auth=true",
+        "--peer-client-cert-auth=true",
+        "--trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt",
+        "--cert-file=/etc/kubernetes/pki/etcd/server.crt",
+        "--data-dir=/var/lib/etcd/data",
+        "--quota-backend-bytes=1073741824",
+        "--auto-compaction-retention=10m",
+    ] {
+        assert!(args.contains(&arg), "{arg} missing from {args:?}");
+    }
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.starts_with("http://") || a.contains("=http://0.0.0.0:2379")),
+        "{args:?}"
+    );
+    assert_eq!(
+        pod["securityContext"],
+        json!({"fsGroup": 65532, "runAsGroup": 65532, "runAsNonRoot": true, "runAsUser": 65532,
+               "seccompProfile": {"type": "RuntimeDefault"}})
+    );
+    assert_eq!(
+        etcd["volumeMounts"],
+        json!([
+            {"mountPath": "/var/lib/etcd", "name": "data"},
+            {"mountPath": "/etc/kubernetes", "name": "certs", "readOnly": true}
+        ])
+    );
+
+    let service = bed.api::<Service>().get("acme-etcd").await.unwrap();
+    let service = to_json(&service)["spec"].clone();
+    assert_eq!(
+        (
+            &service["clusterIP"],
+            &service["publishNotReadyAddresses"],
+            &service["selector"]
+        ),
+        (
+            &json!("None"),
+            &json!(true),
+            &json!({"app.kubernetes.io/component": "etcd", "tenancy.hostplane.io/controlplane": "acme"})
+        )
+    );
+    let policies = bed.api::<NetworkPolicy>();
+    let policy = policies.get("etcd-ingress").await.unwrap();
+    assert_eq!(
+        to_json(&policy)["spec"],
+        json!({
+            "podSelector": {"matchLabels": {"app.kubernetes.io/component": "etcd", "tenancy.hostplane.io/controlplane": "acme"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels": {
+                    "app.kubernetes.io/component": "control-plane", "tenancy.hostplane.io/controlplane": "acme"
+                }}}],
+                "ports": [{"port": 2379, "protocol": "TCP"}]
+            }]
+        })
+    );
+
+    // The etcd's serving certificate names its Service and pod.
+    let certs = bed.api::<Secret>().get("k8s-certs").await.unwrap();
+    let names = dns_names(&certs.data.as_ref().unwrap()["etcd-server.crt"].0);
+    for name in [
+        "acme-etcd",
+        "acme-etcd.acme-system.svc",
+        "acme-etcd-0.acme-etcd.acme-system.svc",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
+    }
+
+    // The control plane: no Kine, the API server on the etcd's Service over mTLS.
+    let deployments = bed.api::<Deployment>();
+    let deployment = deployments.get("acme-control-plane").await.unwrap();
+    let containers = to_json(&deployment)["spec"]["template"]["spec"]["containers"].clone();
+    let names: Vec<&str> = containers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["kube-apiserver", "kube-controller-manager"]);
+    let apiserver_args = containers[0]["args"].as_array().unwrap();
+    for arg in [
+        "--etcd-servers=https://acme-etcd.acme-system.svc:2379",
+        "--etcd-cafile=/etc/kubernetes/pki/etcd/ca.crt",
+        "--etcd-certfile=/etc/kubernetes/pki/apiserver-etcd-client.crt",
+        "--etcd-keyfile=/etc/kubernetes/pki/apiserver-etcd-client.key",
+    ] {
+        assert!(
+            apiserver_args.contains(&json!(arg)),
+            "{arg} missing from {apiserver_args:?}"
+        );
+    }
+
+    // Available Deployment, etcd without status: still not Ready, because of the etcd.
+    let cp = wait_ready_state(&cps, "acme", "False", Some("Creating"), TIMEOUT).await;
+    assert!(
+        !condition(&cp, "Ready").unwrap().2.contains("etcd"),
+        "the Deployment is reported first: {cp:?}"
+    );
+    mark_available(&deployments, "acme-control-plane").await;
+    let cp = eventually("Ready waiting on the etcd", || async {
+        let cp = cps.get("acme").await.unwrap();
+        let (status, _, message) = condition(&cp, "Ready")?;
+        (message.contains("etcd: 0 of 1 replicas ready")).then_some((status, cp))
+    })
+    .await;
+    assert_eq!(cp.0, "False", "{:?}", cp.1.status);
+
+    // The StatefulSet controller reports a ready replica of the current revision: Ready.
+    mark_etcd_ready(&sets, "acme-etcd").await;
+    wait_ready_state(&cps, "acme", "True", Some("Available"), TIMEOUT).await;
+
+    // Delete: the etcd's objects go too (its PVC with the StatefulSet and the namespace).
+    let out = bed
+        .host
+        .run_kubectl(&["delete", "controlplane", "acme", "--wait=false"]);
+    assert!(out.success(), "{}", out.combined());
+    eventually("the ControlPlane gone", || async {
+        cps.get_opt("acme").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(sets.get_opt("acme-etcd").await.unwrap().is_none());
+    assert!(
+        bed.api::<Service>()
+            .get_opt("acme-etcd")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(policies.get_opt("etcd-ingress").await.unwrap().is_none());
+    assert!(
+        deployments
+            .get_opt("acme-control-plane")
+            .await
+            .unwrap()
+            .is_none()
     );
 }

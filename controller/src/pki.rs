@@ -21,7 +21,8 @@ use x509_parser::extensions::GeneralName;
 mod etcd;
 pub mod rotation;
 pub use etcd::{
-    API_SERVER_ETCD_CLIENT, SharedEtcdCas, ensure_dedicated_etcd_pki, ensure_shared_etcd_client,
+    API_SERVER_ETCD_CLIENT, SharedEtcdCas, ensure_dedicated_etcd_pki,
+    ensure_dedicated_etcd_pki_with_names, ensure_shared_etcd_client,
 };
 
 /// PEM files keyed by kubeadm file name (`ca.crt`, `ca.key`, `apiserver.crt`, ...).

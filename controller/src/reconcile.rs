@@ -19,6 +19,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -188,12 +189,33 @@ pub async fn run(
         objects::MANAGED_BY
     ));
     info!(versions = ?ctx.catalog.minors(), shared_postgres = ctx.postgres.as_ref().map(|p| p.target()), "controller starting");
+    // Not `owns`: it maps a child to an owner in the child's own namespace, and a ControlPlane is
+    // cluster-scoped, so every Secret change started a second, concurrent pass under a
+    // namespaced key (two tokens minted, two CAs generated). The label names the ControlPlane.
     let controller = Controller::new(cps, watcher::Config::default())
-        .owns(Api::<Secret>::all(ctx.client.clone()), owned.clone())
-        .owns(Api::<Namespace>::all(ctx.client.clone()), owned.clone());
+        .watches(
+            Api::<Secret>::all(ctx.client.clone()),
+            owned.clone(),
+            owning_controlplane,
+        )
+        .watches(
+            Api::<Namespace>::all(ctx.client.clone()),
+            owned.clone(),
+            owning_controlplane,
+        );
     // The pods runtime's readiness is its Deployment's status: a change there starts a pass.
     let controller = match ctx.config.runtime {
-        TenantRuntime::Pods => controller.owns(Api::<Deployment>::all(ctx.client.clone()), owned),
+        TenantRuntime::Pods => controller
+            .watches(
+                Api::<Deployment>::all(ctx.client.clone()),
+                owned.clone(),
+                owning_controlplane,
+            )
+            .watches(
+                Api::<k8s_openapi::api::apps::v1::StatefulSet>::all(ctx.client.clone()),
+                owned,
+                owning_controlplane,
+            ),
         TenantRuntime::Processes => controller,
     };
     controller
@@ -208,6 +230,16 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The ControlPlane an object of ours belongs to, by its label (cluster-scoped: no namespace).
+fn owning_controlplane<K: Resource>(object: K) -> Option<ObjectRef<ControlPlane>> {
+    let name = object
+        .meta()
+        .labels
+        .as_ref()?
+        .get(objects::CONTROLPLANE_LABEL)?;
+    Some(ObjectRef::new(name))
 }
 
 #[instrument(skip(cp, ctx), fields(controlplane = %cp.name_any()))]
@@ -822,7 +854,12 @@ fn with_datastore_pki(
 ) -> Result<pki::PkiFiles, ReconcileError> {
     let now = SystemTime::now();
     match store {
-        Store::DedicatedEtcd => pki.extend(pki::ensure_dedicated_etcd_pki(existing, request, now)?),
+        Store::DedicatedEtcd => pki.extend(pki::ensure_dedicated_etcd_pki_with_names(
+            existing,
+            request,
+            &pods_tenant::etcd_server_names(plan, ctx),
+            now,
+        )?),
         Store::SharedEtcd { .. } => {
             // A SharedEtcd store is only made when the shared etcd is configured.
             if let Some(shared) = &ctx.shared_etcd {
@@ -930,14 +967,13 @@ async fn ensure_kubeconfig(
     });
     // The CAs to trust (two during a CA rotation): a kubeconfig with others is re-issued.
     let ca = pki::rotation::trusted(pki).unwrap_or_default();
-    let ca_data = kubeconfig::ca_data(ca);
     let server_matches = current.as_ref().is_some_and(|s| {
         let data = objects::secret_strings(s);
         data.get(KUBECONFIG_KEY)
-            .is_some_and(|k| k.contains(&wanted_server) && k.contains(&ca_data))
+            .is_some_and(|k| k.contains(&wanted_server) && kubeconfig::trusts_exactly(k, ca))
             && data
                 .get(KUBECONFIG_INCLUSTER_KEY)
-                .is_some_and(|k| k.contains(&ca_data))
+                .is_some_and(|k| kubeconfig::trusts_exactly(k, ca))
     });
     let fraction = ctx.config.token_renew_fraction;
     if let Some((issued, expires)) = times

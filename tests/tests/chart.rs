@@ -475,10 +475,15 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
 }
 
 /// The ClusterRole rules the pods runtime adds, as (apiGroup, resource, verbs).
-const PODS_RUNTIME_RULES: [(&str, &str, &[&str]); 6] = [
+const PODS_RUNTIME_RULES: [(&str, &str, &[&str]); 7] = [
     (
         "apps",
         "deployments",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "apps",
+        "statefulsets",
         &["get", "list", "watch", "create", "patch", "delete"],
     ),
     ("", "services", &["create", "patch", "delete"]),
@@ -603,6 +608,8 @@ fn chart_renders_the_pods_runtime_with_its_flags_and_rules() {
         ("", "configmaps"),
         ("apps", "replicasets"),
         ("apps", "deployments/scale"),
+        ("apps", "statefulsets/scale"),
+        ("", "persistentvolumeclaims"),
     ] {
         assert!(
             granted(pods_role, group, resource).is_empty(),
@@ -611,7 +618,7 @@ fn chart_renders_the_pods_runtime_with_its_flags_and_rules() {
     }
     let pods_rules = pods_role["rules"].as_array().unwrap().len();
     let processes_rules = processes_role["rules"].as_array().unwrap().len();
-    assert_eq!(pods_rules, processes_rules + 4, "{pods_role}");
+    assert_eq!(pods_rules, processes_rules + 5, "{pods_role}");
 }
 
 /// `kubectl auth can-i` as a ServiceAccount of the release: whether it said "yes", and all it
@@ -850,6 +857,8 @@ async fn chart_installs_least_privilege_rbac_into_a_real_apiserver_and_uninstall
             &["watch", "deployments.apps"],
             &["patch", "deployments.apps", "-n", "acme-system"],
             &["delete", "deployments.apps", "-n", "acme-system"],
+            &["watch", "statefulsets.apps"],
+            &["patch", "statefulsets.apps", "-n", "acme-system"],
             &["patch", "services", "-n", "acme-system"],
             &["patch", "resourcequotas", "-n", "acme-system"],
             &["patch", "limitranges", "-n", "acme-system"],
@@ -912,6 +921,7 @@ async fn chart_installs_least_privilege_rbac_into_a_real_apiserver_and_uninstall
         }
     }
     pods_verbs.push(vec!["watch".into(), "deployments.apps".into()]);
+    pods_verbs.push(vec!["watch".into(), "statefulsets.apps".into()]);
     let pods_verbs: Vec<Vec<&str>> = pods_verbs
         .iter()
         .map(|args| args.iter().map(String::as_str).collect())
@@ -926,6 +936,7 @@ async fn chart_installs_least_privilege_rbac_into_a_real_apiserver_and_uninstall
             &["create", "pods", "-n", "acme-system"],
             &["create", "pods", "--subresource=exec", "-n", "acme-system"],
             &["create", "replicasets.apps", "-n", "acme-system"],
+            &["create", "persistentvolumeclaims", "-n", "acme-system"],
             &["create", "configmaps", "-n", "acme-system"],
             &["update", "deployments.apps", "-n", "acme-system"],
             &[

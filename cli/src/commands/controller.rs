@@ -162,6 +162,17 @@ pub struct RuntimeOptions {
     /// tenant's datastore to its API server on the pod's loopback.
     #[arg(long, env = "HOSTPLANE_KINE_IMAGE", default_value = pods::DEFAULT_KINE_IMAGE)]
     pub kine_image: String,
+    /// pods runtime: full etcd image reference (repository:tag) of a dedicated etcd
+    /// (`backend: dedicated`), run as a StatefulSet `<name>-etcd`.
+    #[arg(long, env = "HOSTPLANE_ETCD_IMAGE", default_value = pods::DEFAULT_ETCD_IMAGE)]
+    pub etcd_image: String,
+    /// pods runtime: size of a dedicated etcd's PersistentVolumeClaim.
+    #[arg(long, env = "HOSTPLANE_ETCD_STORAGE_SIZE", default_value = pods::DEFAULT_ETCD_STORAGE_SIZE)]
+    pub etcd_storage_size: String,
+    /// pods runtime: StorageClass of a dedicated etcd's PersistentVolumeClaim (default: the
+    /// host's default StorageClass).
+    #[arg(long, env = "HOSTPLANE_ETCD_STORAGE_CLASS")]
+    pub etcd_storage_class: Option<String>,
     /// pods runtime: namespace of the hostplane controller and proxy pods, which tenants'
     /// NetworkPolicies admit (default: the controller's own namespace, else hostplane-system).
     #[arg(long, env = "HOSTPLANE_NAMESPACE")]
@@ -187,6 +198,9 @@ impl RuntimeOptions {
         images.kube_controller_manager = self.kube_controller_manager_image.clone();
         images.kube_scheduler = self.kube_scheduler_image.clone();
         images.kine = self.kine_image.clone();
+        images.etcd = self.etcd_image.clone();
+        config.pods.etcd_storage_size = self.etcd_storage_size.clone();
+        config.pods.etcd_storage_class = self.etcd_storage_class.clone();
         let mut labels = std::collections::BTreeMap::new();
         for pair in self
             .hostplane_pod_labels

@@ -91,9 +91,18 @@ pub fn handed_out(
     }
 }
 
-/// `certificate-authority-data` as a kubeconfig carries `ca_pem`.
-pub fn ca_data(ca_pem: &str) -> String {
-    STANDARD.encode(ca_pem)
+/// Whether every cluster of the kubeconfig `yaml` trusts exactly `ca_pem`.
+pub fn trusts_exactly(yaml: &str, ca_pem: &str) -> bool {
+    let wanted = STANDARD.encode(ca_pem);
+    serde_yaml::from_str::<Kubeconfig>(yaml).is_ok_and(|k| {
+        !k.clusters.is_empty()
+            && k.clusters.iter().all(|c| {
+                c.cluster
+                    .as_ref()
+                    .and_then(|c| c.certificate_authority_data.as_deref())
+                    == Some(wanted.as_str())
+            })
+    })
 }
 
 /// The kubeconfig as YAML, the form kubectl and people read.

@@ -5,4 +5,5 @@ pub mod join;
 pub mod kubeconfig;
 pub mod objects;
 pub mod pods;
+pub mod pods_etcd;
 pub mod processes;

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::build::objects::{self, CERTS_SECRET, CONTROLPLANE_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::build::pods_etcd;
 use crate::build::processes::{
     BundleInput, ControlPlaneBundle, Store, TenantPorts, control_plane_bundle, pki_file_path,
 };
@@ -41,10 +42,10 @@ pub const LIMIT_RANGE_NAME: &str = "tenant-limits";
 pub const DEFAULT_DENY_POLICY: &str = "default-deny-ingress";
 pub const CONTROL_PLANE_INGRESS_POLICY: &str = "control-plane-ingress";
 
-const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+pub(crate) const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 const COMPONENT: &str = "control-plane";
 /// Where the files of the processes runtime's state dir appear in the containers.
-const CONFIG_DIR: &str = "/etc/kubernetes";
+pub(crate) const CONFIG_DIR: &str = "/etc/kubernetes";
 /// Loopback ports inside the pod (the pod is the tenant's own network namespace).
 const POD_PORTS: TenantPorts = TenantPorts {
     kine: 2379,
@@ -54,9 +55,9 @@ const POD_PORTS: TenantPorts = TenantPorts {
     etcd_peer: 0,
 };
 /// The unprivileged user of distroless images; also the group owning the mounted Secrets.
-const RUN_AS: i64 = 65532;
+pub(crate) const RUN_AS: i64 = 65532;
 /// Mounted certificates and kubeconfigs: readable by owner and group (fsGroup), nobody else.
-const SECRET_FILE_MODE: i32 = 0o440;
+pub(crate) const SECRET_FILE_MODE: i32 = 0o440;
 /// PKI entries that are the controller's own identity (system:masters) in the tenant: they stay
 /// out of the pods.
 const CONTROLLER_ONLY_PKI: [&str; 2] = ["admin.crt", "admin.key"];
@@ -66,6 +67,11 @@ pub const DEFAULT_KUBE_CONTROLLER_MANAGER_IMAGE: &str = "registry.k8s.io/kube-co
 pub const DEFAULT_KUBE_SCHEDULER_IMAGE: &str = "registry.k8s.io/kube-scheduler";
 /// Kine's release pinned in tools/upstream/versions.env.
 pub const DEFAULT_KINE_IMAGE: &str = "docker.io/rancher/kine:v0.17.5";
+/// etcd's release pinned in tools/upstream/versions.env (`ETCD_VERSION`), for `backend: dedicated`.
+pub const DEFAULT_ETCD_IMAGE: &str = "registry.k8s.io/etcd:3.6.16-0";
+/// Size of a dedicated etcd's volume: twice its backend quota (1 GiB) leaves room for the WAL
+/// and snapshots.
+pub const DEFAULT_ETCD_STORAGE_SIZE: &str = "2Gi";
 
 /// Images of the tenant components.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +82,8 @@ pub struct Images {
     pub kube_scheduler: String,
     /// Full reference of the Kine image (Kine's version is not the tenant's).
     pub kine: String,
+    /// Full reference of the etcd image of a dedicated etcd (`backend: dedicated`).
+    pub etcd: String,
 }
 
 impl Default for Images {
@@ -85,6 +93,7 @@ impl Default for Images {
             kube_controller_manager: DEFAULT_KUBE_CONTROLLER_MANAGER_IMAGE.into(),
             kube_scheduler: DEFAULT_KUBE_SCHEDULER_IMAGE.into(),
             kine: DEFAULT_KINE_IMAGE.into(),
+            etcd: DEFAULT_ETCD_IMAGE.into(),
         }
     }
 }
@@ -99,7 +108,7 @@ pub struct Resources {
 }
 
 impl Resources {
-    fn new(requests: (&str, &str), limits: (&str, &str)) -> Self {
+    pub(crate) fn new(requests: (&str, &str), limits: (&str, &str)) -> Self {
         Self {
             requests_cpu: requests.0.into(),
             requests_memory: requests.1.into(),
@@ -108,7 +117,7 @@ impl Resources {
         }
     }
 
-    fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "requests": {"cpu": self.requests_cpu, "memory": self.requests_memory},
             "limits": {"cpu": self.limits_cpu, "memory": self.limits_memory},
@@ -123,6 +132,7 @@ pub struct ComponentResources {
     pub kube_controller_manager: Resources,
     pub kube_scheduler: Resources,
     pub kine: Resources,
+    pub etcd: Resources,
 }
 
 impl Default for ComponentResources {
@@ -134,6 +144,8 @@ impl Default for ComponentResources {
             kube_controller_manager: Resources::new(("100m", "128Mi"), ("1", "512Mi")),
             kube_scheduler: Resources::new(("50m", "64Mi"), ("500m", "256Mi")),
             kine: Resources::new(("100m", "64Mi"), ("1", "256Mi")),
+            // A dedicated etcd with a 1 GiB backend quota maps at most that much.
+            etcd: Resources::new(("100m", "128Mi"), ("1", "1536Mi")),
         }
     }
 }
@@ -173,6 +185,10 @@ pub struct PodsConfig {
     pub proxy: PeerPods,
     /// The controller's pods: health checks, token minting, hooks.
     pub controller: PeerPods,
+    /// The volume of a dedicated etcd (`backend: dedicated`): its size, and its StorageClass
+    /// (None: the host's default class).
+    pub etcd_storage_size: String,
+    pub etcd_storage_class: Option<String>,
 }
 
 impl Default for PodsConfig {
@@ -195,6 +211,8 @@ impl Default for PodsConfig {
             container_defaults: Resources::new(("100m", "128Mi"), ("1", "1Gi")),
             proxy: PeerPods::default(),
             controller: PeerPods::default(),
+            etcd_storage_size: DEFAULT_ETCD_STORAGE_SIZE.into(),
+            etcd_storage_class: None,
         }
     }
 }
@@ -209,6 +227,9 @@ pub struct PodsTenant<'a> {
     pub datastore_key: &'a str,
     /// The tenant has worker nodes: it runs kube-scheduler too.
     pub workers: bool,
+    /// `backend: dedicated`: the tenant's etcd runs as a StatefulSet beside the Deployment,
+    /// which then has no Kine sidecar (`datastore_secret` is unused).
+    pub dedicated_etcd: bool,
     pub placement: Option<&'a Placement>,
 }
 
@@ -224,6 +245,8 @@ pub struct PodsObjects {
     pub component_kubeconfigs: Secret,
     pub deployment: Deployment,
     pub service: Service,
+    /// The dedicated etcd (`backend: dedicated`), applied before the Deployment.
+    pub etcd: Option<crate::build::pods_etcd::EtcdObjects>,
 }
 
 /// Name of the tenant's Deployment.
@@ -239,11 +262,11 @@ pub fn endpoint(plan: &TenantPlan) -> String {
     )
 }
 
-fn from_json<T: DeserializeOwned>(value: Value) -> T {
+pub(crate) fn from_json<T: DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).expect("the objects built here always match k8s-openapi's types")
 }
 
-fn labels(plan: &TenantPlan) -> BTreeMap<String, String> {
+pub(crate) fn labels(plan: &TenantPlan) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY_LABEL.into(), MANAGED_BY.into()),
         (CONTROLPLANE_LABEL.into(), plan.name.clone()),
@@ -251,14 +274,14 @@ fn labels(plan: &TenantPlan) -> BTreeMap<String, String> {
 }
 
 /// Labels selecting the control plane pods (immutable in the Deployment: never change them).
-fn selector(plan: &TenantPlan) -> BTreeMap<String, String> {
+pub(crate) fn selector(plan: &TenantPlan) -> BTreeMap<String, String> {
     BTreeMap::from([
         (CONTROLPLANE_LABEL.into(), plan.name.clone()),
         (COMPONENT_LABEL.into(), COMPONENT.into()),
     ])
 }
 
-fn meta(plan: &TenantPlan, name: &str) -> Value {
+pub(crate) fn meta(plan: &TenantPlan, name: &str) -> Value {
     json!({
         "name": name,
         "namespace": plan.namespace,
@@ -283,15 +306,19 @@ pub fn external_datastore_secret(plan: &TenantPlan, url: &str) -> Secret {
 }
 
 /// The flags and files of the processes runtime, as if the state dir were `CONFIG_DIR` and Kine
-/// were the datastore (its DSN is set from a Secret, never here).
-fn bundle(plan: &TenantPlan, tenant: &PodsTenant<'_>) -> ControlPlaneBundle {
+/// (its DSN is set from a Secret, never here) or the dedicated etcd were the datastore.
+pub(crate) fn bundle(plan: &TenantPlan, tenant: &PodsTenant<'_>) -> ControlPlaneBundle {
+    let store = match tenant.dedicated_etcd {
+        true => Store::DedicatedEtcd,
+        false => Store::Postgres { url: String::new() },
+    };
     control_plane_bundle(&BundleInput {
         name: &plan.name,
         dir: Path::new(CONFIG_DIR),
         release: &plan.release,
         ports: POD_PORTS,
         pki: tenant.pki,
-        store: &Store::Postgres { url: String::new() },
+        store: &store,
         workers: tenant.workers,
     })
 }
@@ -310,6 +337,9 @@ pub fn pods_objects(
         component_kubeconfigs: component_kubeconfigs(plan, &bundle),
         deployment: deployment(plan, config, tenant, &bundle),
         service: service(plan),
+        etcd: tenant
+            .dedicated_etcd
+            .then(|| pods_etcd::etcd_objects(plan, config, tenant, &bundle)),
     }
 }
 
@@ -428,7 +458,19 @@ fn https_probe(path: &str, period: u32, failures: u32) -> Value {
     })
 }
 
-fn container_security() -> Value {
+/// Every tenant pod runs as the distroless user; the mounted Secrets and volumes belong to its
+/// group.
+pub(crate) fn pod_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+pub(crate) fn container_security() -> Value {
     json!({
         "runAsNonRoot": true,
         "readOnlyRootFilesystem": true,
@@ -449,6 +491,8 @@ fn deployment(
     let containers: Vec<Value> = bundle
         .processes
         .iter()
+        // The dedicated etcd is a StatefulSet of its own (`pods_etcd`).
+        .filter(|process| process.name != "etcd")
         .map(|process| {
             let (image, resources) = match process.name {
                 "kine" => (images.kine.clone(), &config.resources.kine),
@@ -483,6 +527,10 @@ fn deployment(
                     // The Service reaches the API server on the pod's address.
                     "--bind-address=127.0.0.1" if process.name == "kube-apiserver" => {
                         "--bind-address=0.0.0.0".into()
+                    }
+                    // The dedicated etcd's headless Service, not the processes runtime's port.
+                    _ if tenant.dedicated_etcd && a.starts_with("--etcd-servers=") => {
+                        format!("--etcd-servers={}", pods_etcd::client_url(plan))
                     }
                     _ => a.clone(),
                 })
@@ -520,6 +568,7 @@ fn deployment(
         .pki
         .keys()
         .filter(|k| !CONTROLLER_ONLY_PKI.contains(&k.as_str()))
+        .filter(|k| !pods_etcd::ETCD_ONLY_PKI.contains(&k.as_str()))
         .map(|k| json!({"key": k, "path": pki_file_path(k)}))
         .collect();
     let conf_items: Vec<Value> = bundle
@@ -532,13 +581,7 @@ fn deployment(
     let mut pod_spec = json!({
         "automountServiceAccountToken": false,
         "enableServiceLinks": false,
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(),
         "containers": containers,
         "volumes": [
             {"name": "config", "projected": {"defaultMode": SECRET_FILE_MODE, "sources": [
@@ -639,12 +682,12 @@ pub fn readiness(deployment: &Deployment) -> Readiness {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::upstream::ReleaseBinaries;
     use k8s_openapi::api::core::v1::Toleration;
 
-    fn plan() -> TenantPlan {
+    pub(crate) fn plan() -> TenantPlan {
         TenantPlan {
             name: "acme".into(),
             uid: "u-1".into(),
@@ -663,7 +706,7 @@ mod tests {
         }
     }
 
-    fn pki() -> PkiFiles {
+    pub(crate) fn pki() -> PkiFiles {
         [
             "admin.crt",
             "admin.key",
@@ -690,13 +733,14 @@ mod tests {
                 pki: &pki(),
                 datastore_secret: "datastore",
                 datastore_key: "url",
+                dedicated_etcd: false,
                 workers,
                 placement,
             },
         )
     }
 
-    fn owned_meta(name: &str) -> Value {
+    pub(crate) fn owned_meta(name: &str) -> Value {
         json!({
             "labels": {"app.kubernetes.io/managed-by": "hostplane", "tenancy.hostplane.io/controlplane": "acme"},
             "name": name,
@@ -708,7 +752,7 @@ mod tests {
         })
     }
 
-    fn to_json<T: serde::Serialize>(object: &T) -> Value {
+    pub(crate) fn to_json<T: serde::Serialize>(object: &T) -> Value {
         serde_json::to_value(object).unwrap()
     }
 
@@ -796,6 +840,7 @@ mod tests {
                 pki: &pki(),
                 datastore_secret: "datastore",
                 datastore_key: "url",
+                dedicated_etcd: false,
                 workers: false,
                 placement: None,
             },
@@ -828,7 +873,7 @@ mod tests {
         );
     }
 
-    fn hardened() -> Value {
+    pub(crate) fn hardened() -> Value {
         json!({
             "allowPrivilegeEscalation": false,
             "capabilities": {"drop": ["ALL"]},

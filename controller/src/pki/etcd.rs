@@ -95,6 +95,17 @@ pub fn ensure_dedicated_etcd_pki(
     req: &PkiRequest,
     now: SystemTime,
 ) -> Result<PkiFiles, PkiError> {
+    ensure_dedicated_etcd_pki_with_names(existing, req, &[], now)
+}
+
+/// `ensure_dedicated_etcd_pki` for an etcd reached under further names too: the serving and peer
+/// certificates also carry `extra_names` (the pods runtime's StatefulSet and headless Service).
+pub fn ensure_dedicated_etcd_pki_with_names(
+    existing: &PkiFiles,
+    req: &PkiRequest,
+    extra_names: &[String],
+    now: SystemTime,
+) -> Result<PkiFiles, PkiError> {
     let ca = ensure_ca(
         existing,
         "etcd-ca",
@@ -106,7 +117,11 @@ pub fn ensure_dedicated_etcd_pki(
         ("etcd-ca.crt".to_string(), ca.crt.clone()),
         ("etcd-ca.key".to_string(), ca.key.clone()),
     ]);
-    let loopback: Vec<String> = LOOPBACK_NAMES.map(String::from).to_vec();
+    let loopback: Vec<String> = LOOPBACK_NAMES
+        .map(String::from)
+        .into_iter()
+        .chain(extra_names.iter().cloned())
+        .collect();
     for leaf in &DEDICATED_LEAVES {
         let names = if leaf.loopback_names {
             loopback.as_slice()
@@ -317,6 +332,35 @@ mod tests {
             assert_ne!(crt, &etcd[&format!("{leaf}.crt")], "{leaf}");
             assert!(verifies(crt, &etcd["etcd-ca.crt"]), "{leaf}");
         }
+
+        // Extra names (the pods runtime's Service): serving and peer certificates are reissued
+        // carrying them too, by the same CA; the client certificate is kept.
+        let extra = vec![
+            "acme-etcd".to_string(),
+            "acme-etcd.acme-system.svc".to_string(),
+        ];
+        let named = ensure_dedicated_etcd_pki_with_names(&etcd, &request(), &extra, now()).unwrap();
+        assert_eq!(named["etcd-ca.crt"], etcd["etcd-ca.crt"]);
+        for leaf in ["etcd-server", "etcd-peer"] {
+            let crt = &named[&format!("{leaf}.crt")];
+            let mut names = summary(crt).3;
+            names.sort();
+            assert_eq!(
+                names,
+                [
+                    "127.0.0.1",
+                    "acme-etcd",
+                    "acme-etcd.acme-system.svc",
+                    "localhost"
+                ],
+                "{leaf}"
+            );
+            assert!(verifies(crt, &etcd["etcd-ca.crt"]), "{leaf}");
+        }
+        assert_eq!(
+            named["apiserver-etcd-client.crt"],
+            etcd["apiserver-etcd-client.crt"]
+        );
 
         // A lost CA key is an error, never a new CA under the running etcd.
         let mut broken = etcd.clone();

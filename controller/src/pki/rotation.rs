@@ -416,6 +416,27 @@ mod tests {
     }
 
     #[test]
+    fn a_kubeconfig_trusting_the_bundle_does_not_trust_exactly_one_ca() {
+        use crate::build::kubeconfig::{
+            Credential, handed_out, kubeconfig, to_yaml, trusts_exactly,
+        };
+        // 48 bytes: its base64 is a prefix of the bundle's.
+        let (one, two) = ("A".repeat(47) + "\n", "B".repeat(47) + "\n");
+        let both = format!("{one}{two}");
+        let yaml = to_yaml(&handed_out("acme", "https://h:1", &both, "t", None));
+        assert!(trusts_exactly(&yaml, &both));
+        assert!(!trusts_exactly(&yaml, &one));
+        assert!(!trusts_exactly(&yaml, &two));
+        let cert = Credential::ClientCert {
+            cert_pem: "c",
+            key_pem: "k",
+        };
+        let yaml = to_yaml(&kubeconfig("acme", "https://h:1", &one, "u", &cert));
+        assert!(trusts_exactly(&yaml, &one));
+        assert!(!trusts_exactly("not yaml", &one));
+    }
+
+    #[test]
     fn a_tenant_without_a_ca_records_the_request_without_rotating() {
         let out = step(&PkiFiles::new(), Some("v1"), None, NOW);
         assert_eq!(out.record, Some(record(Stage::Completed, NOW)));

@@ -32,6 +32,15 @@ const REACH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Event reason when an available tenant cannot be reached from the controller.
 const TENANT_ACCESS_FAILED: &str = "TenantAccessFailed";
 
+/// The names a dedicated etcd's certificates carry beyond loopback: in the pods runtime, its
+/// StatefulSet's and headless Service's; none for the processes runtime.
+pub(super) fn etcd_server_names(plan: &TenantPlan, ctx: &Context) -> Vec<String> {
+    match ctx.config.runtime {
+        crate::config::TenantRuntime::Pods => crate::build::pods_etcd::server_names(&plan.name),
+        crate::config::TenantRuntime::Processes => vec![],
+    }
+}
+
 /// Applies the tenant's pods objects and reports where it stands.
 pub(super) async fn provision(
     cp: &ControlPlane,
@@ -53,9 +62,8 @@ pub(super) async fn provision(
             )
             .into());
         }
-        (Store::DedicatedEtcd, _) => {
-            return Err(PodsError::UnsupportedDatastore("a dedicated etcd").into());
-        }
+        // The StatefulSet of `build::pods_etcd`; no Secret of ours holds a DSN.
+        (Store::DedicatedEtcd, _) => "",
         (Store::SharedEtcd { .. }, _) => {
             return Err(PodsError::UnsupportedDatastore("the shared etcd").into());
         }
@@ -68,6 +76,7 @@ pub(super) async fn provision(
         datastore_secret,
         datastore_key: pods::DATASTORE_URL_KEY,
         workers: hooks::wants_workers(cp),
+        dedicated_etcd: matches!(store, Store::DedicatedEtcd),
         placement: cp.spec.placement.as_ref(),
     };
     ctx.pods
@@ -75,7 +84,8 @@ pub(super) async fn provision(
         .await?;
 
     let endpoint = pods::endpoint(plan);
-    match ctx.pods.readiness(&plan.name).await? {
+    let dedicated_etcd = matches!(store, Store::DedicatedEtcd);
+    match ctx.pods.readiness(&plan.name, dedicated_etcd).await? {
         Readiness::Starting { detail } => return Ok(Progress::Starting { endpoint, detail }),
         Readiness::Updating { detail } => {
             tracing::debug!(controlplane = %plan.name, %detail, "control plane rolling out")

@@ -3,7 +3,7 @@
 //! pods; this runtime applies the objects, reads the Deployment's status once per pass, scales
 //! it to zero for hibernation and deletes what it applied on teardown.
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -15,6 +15,7 @@ use crate::build::pods::{
     self, COMPONENT_KUBECONFIGS_SECRET, CONTROL_PLANE_INGRESS_POLICY, DEFAULT_DENY_POLICY,
     LIMIT_RANGE_NAME, PodsObjects, QUOTA_NAME, Readiness,
 };
+use crate::build::pods_etcd::{self, ETCD_INGRESS_POLICY};
 use crate::validate::system_namespace;
 
 /// Field manager of everything this runtime applies.
@@ -31,7 +32,7 @@ pub enum PodsError {
     #[error("deleting {what}: {source}")]
     Delete { what: String, source: kube::Error },
     #[error(
-        "the pods runtime runs Kine on a Postgres datastore only, and this tenant's is {0}: configure the controller with a Postgres DSN (backend shared) or give backend external a Secret with a \"dsn\""
+        "the pods runtime runs Kine on a Postgres datastore or a dedicated etcd only, and this tenant's is {0}: configure the controller with a Postgres DSN (backend shared), use backend dedicated, or give backend external a Secret with a \"dsn\""
     )]
     UnsupportedDatastore(&'static str),
 }
@@ -117,14 +118,28 @@ impl PodsRuntime {
         }
         self.apply_one(&self.api::<Secret>(&ns), &objects.component_kubeconfigs)
             .await?;
+        // The dedicated etcd before the API server that needs it.
+        if let Some(etcd) = &objects.etcd {
+            self.apply_one(&self.api::<NetworkPolicy>(&ns), &etcd.network_policy)
+                .await?;
+            self.apply_one(&self.api::<Service>(&ns), &etcd.service)
+                .await?;
+            self.apply_one(&self.api::<StatefulSet>(&ns), &etcd.stateful_set)
+                .await?;
+        }
         self.apply_one(&self.api::<Deployment>(&ns), &objects.deployment)
             .await?;
         self.apply_one(&self.api::<Service>(&ns), &objects.service)
             .await
     }
 
-    /// One read of the tenant's Deployment: whether its API server is available.
-    pub async fn readiness(&self, name: &str) -> Result<Readiness, PodsError> {
+    /// One read of the tenant's Deployment (and its etcd StatefulSet with `dedicated_etcd`):
+    /// whether its API server is available.
+    pub async fn readiness(
+        &self,
+        name: &str,
+        dedicated_etcd: bool,
+    ) -> Result<Readiness, PodsError> {
         let ns = system_namespace(name);
         let deployment = pods::deployment_name(name);
         let found = self
@@ -135,16 +150,35 @@ impl PodsRuntime {
                 what: format!("Deployment {ns}/{deployment}"),
                 source,
             })?;
-        Ok(match found {
+        let control_plane = match found {
             Some(d) => pods::readiness(&d),
             None => Readiness::Starting {
                 detail: format!("Deployment {ns}/{deployment} does not exist"),
             },
-        })
+        };
+        if !dedicated_etcd {
+            return Ok(control_plane);
+        }
+        let etcd = pods_etcd::etcd_name(name);
+        let found = self
+            .api::<StatefulSet>(&ns)
+            .get_opt(&etcd)
+            .await
+            .map_err(|source| PodsError::Read {
+                what: format!("StatefulSet {ns}/{etcd}"),
+                source,
+            })?;
+        let etcd = match found {
+            Some(s) => pods_etcd::readiness(&s),
+            None => Readiness::Starting {
+                detail: format!("StatefulSet {ns}/{etcd} does not exist"),
+            },
+        };
+        Ok(pods_etcd::combine(control_plane, etcd))
     }
 
-    /// Scales the tenant's Deployment to zero (hibernation); its Secrets and datastore stay,
-    /// and the next apply scales it up again.
+    /// Scales the tenant's Deployment and its dedicated etcd, if any, to zero (hibernation);
+    /// its Secrets and datastore (the etcd's PVC) stay, and the next apply scales them up again.
     pub async fn stop(&self, name: &str) -> Result<(), PodsError> {
         let ns = system_namespace(name);
         let deployment = pods::deployment_name(name);
@@ -158,10 +192,25 @@ impl PodsRuntime {
             .patch(&deployment, &params, &Patch::Merge(&scale))
             .await
         {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(PodsError::Apply {
+                    what: format!("replicas 0 of Deployment {ns}/{deployment}"),
+                    source,
+                });
+            }
+        }
+        let etcd = pods_etcd::etcd_name(name);
+        match self
+            .api::<StatefulSet>(&ns)
+            .patch(&etcd, &params, &Patch::Merge(&scale))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(source) => Err(PodsError::Apply {
-                what: format!("replicas 0 of Deployment {ns}/{deployment}"),
+                what: format!("replicas 0 of StatefulSet {ns}/{etcd}"),
                 source,
             }),
         }
@@ -185,13 +234,28 @@ impl PodsRuntime {
             format!("Service {ns}/{name}"),
             self.api::<Service>(&ns).delete(name, &params).await,
         )?;
+        // The dedicated etcd: its PVC goes with the StatefulSet (retention policy whenDeleted:
+        // Delete) and with the namespace, which the caller deletes.
+        let etcd = pods_etcd::etcd_name(name);
+        deleted(
+            format!("StatefulSet {ns}/{etcd}"),
+            self.api::<StatefulSet>(&ns).delete(&etcd, &params).await,
+        )?;
+        deleted(
+            format!("Service {ns}/{etcd}"),
+            self.api::<Service>(&ns).delete(&etcd, &params).await,
+        )?;
         deleted(
             format!("Secret {ns}/{COMPONENT_KUBECONFIGS_SECRET}"),
             self.api::<Secret>(&ns)
                 .delete(COMPONENT_KUBECONFIGS_SECRET, &params)
                 .await,
         )?;
-        for policy in [CONTROL_PLANE_INGRESS_POLICY, DEFAULT_DENY_POLICY] {
+        for policy in [
+            ETCD_INGRESS_POLICY,
+            CONTROL_PLANE_INGRESS_POLICY,
+            DEFAULT_DENY_POLICY,
+        ] {
             deleted(
                 format!("NetworkPolicy {ns}/{policy}"),
                 self.api::<NetworkPolicy>(&ns).delete(policy, &params).await,
