@@ -123,6 +123,8 @@ fn the_chart_runs_the_pods_runtime_with_the_binarys_default_images() {
         "--kube-controller-manager-image",
         "--kube-scheduler-image",
         "--kine-image",
+        "--etcd-image",
+        "--etcd-storage-size",
     ] {
         let value = args
             .iter()
