@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use common::*;
 use hostplane_controller::build::kubeconfig::{self, Credential};
-use hostplane_crds::ControlPlane;
-use hostplane_tests::{Binaries, KubeApiserver, start_apiserver_on_etcd};
+use hostplane_tests::Binaries;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
@@ -21,29 +20,11 @@ const STAGE_TIMEOUT: Duration = Duration::from_secs(120);
 const NAME: &str = "rotor";
 
 /// A host API server and the controller (Kine on SQLite: no Postgres needed).
-struct Bed {
-    host: KubeApiserver,
-    controller: ControllerProcess,
-    _tmp: tempfile::TempDir,
-}
+type Bed = ControllerBed;
 
 impl Bed {
     async fn start(extra_env: &[(&str, &str)]) -> Self {
-        let host = start_apiserver_on_etcd().await;
-        hostplane_controller::embedded::install_crds(&host.client())
-            .await
-            .expect("CRDs install");
-        let tmp = tempfile::tempdir().unwrap();
-        let controller = ControllerProcess::start(&host, tmp.path(), None, extra_env);
-        Self {
-            host,
-            controller,
-            _tmp: tmp,
-        }
-    }
-
-    fn cps(&self) -> Api<ControlPlane> {
-        Api::all(self.host.client())
+        Self::with(None, extra_env).await
     }
 
     fn host_kubectl(&self, args: &[&str]) -> String {

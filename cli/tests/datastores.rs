@@ -11,37 +11,15 @@ use std::time::Duration;
 
 use common::*;
 use hostplane_crds::ControlPlane;
-use hostplane_tests::{Binaries, Etcd, KubeApiserver, Postgres, start_apiserver_on_etcd};
+use hostplane_tests::{Binaries, Etcd, Postgres};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
 
-struct Bed {
-    host: KubeApiserver,
-    controller: ControllerProcess,
-    _tmp: tempfile::TempDir,
-}
+type Bed = ControllerBed;
 
 impl Bed {
-    async fn start(postgres_dsn: Option<String>, extra_env: &[(&str, &str)]) -> Self {
-        let host = start_apiserver_on_etcd().await;
-        hostplane_controller::embedded::install_crds(&host.client())
-            .await
-            .expect("CRDs install");
-        let tmp = tempfile::tempdir().unwrap();
-        let controller = ControllerProcess::start(&host, tmp.path(), postgres_dsn, extra_env);
-        Self {
-            host,
-            controller,
-            _tmp: tmp,
-        }
-    }
-
-    fn cps(&self) -> Api<ControlPlane> {
-        Api::all(self.host.client())
-    }
-
     fn host_kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
         let out = match stdin {
             Some(input) => self.host.run_kubectl_with_stdin(args, input),
@@ -176,7 +154,7 @@ fn uid_hex(cp: &ControlPlane) -> String {
 
 #[tokio::test]
 async fn a_dedicated_etcd_holds_the_tenants_data_behind_mtls_and_goes_with_it() {
-    let bed = Bed::start(None, &[]).await;
+    let bed = Bed::with(None, &[]).await;
     let cp = bed.create("solo", "  backend: dedicated\n").await;
     let datastore = cp.status.clone().unwrap().datastore.unwrap();
     assert_eq!(
@@ -290,7 +268,7 @@ async fn tenants_on_the_shared_etcd_each_see_only_their_own_prefix() {
             tls.ca_key.to_str().unwrap(),
         ),
     ];
-    let bed = Bed::start(None, &env).await;
+    let bed = Bed::with(None, &env).await;
     let alpha = bed.create("alpha", "").await;
     let beta = bed.create("beta", "").await;
     let (a, b) = (uid_hex(&alpha), uid_hex(&beta));
@@ -395,7 +373,7 @@ async fn tenants_on_the_shared_etcd_each_see_only_their_own_prefix() {
 async fn an_external_etcd_is_used_as_given_and_a_wrong_ca_names_the_secret() {
     let theirs = Etcd::start_tls(false).await;
     let tls = theirs.tls().unwrap().clone();
-    let bed = Bed::start(None, &[]).await;
+    let bed = Bed::with(None, &[]).await;
     let read = |p: &Path| std::fs::read_to_string(p).unwrap();
     let (ca, crt, key) = (read(&tls.ca_crt), read(&tls.root_crt), read(&tls.root_key));
     let endpoints = theirs.endpoint();
@@ -506,7 +484,7 @@ async fn an_external_postgres_with_a_wrong_password_names_the_secret_and_is_kept
             postgres.port()
         )
     };
-    let bed = Bed::start(None, &[]).await;
+    let bed = Bed::with(None, &[]).await;
     bed.create_secret("their-db", &[("dsn", &dsn("wrong-pass"))]);
     bed.apply_cp(
         "byo-pg",

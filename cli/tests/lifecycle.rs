@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use hostplane_crds::ControlPlane;
-use hostplane_tests::{Binaries, KubeApiserver, start_apiserver_on_etcd};
+use hostplane_tests::{Binaries, start_apiserver_on_etcd};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::Api;
@@ -19,32 +19,11 @@ use kube::api::Api;
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// A host API server and the controller (Kine on SQLite for `k8s` tenants: no Postgres needed).
-struct Bed {
-    host: KubeApiserver,
-    controller: ControllerProcess,
-    _tmp: tempfile::TempDir,
-}
+type Bed = ControllerBed;
 
 impl Bed {
     async fn start(extra_env: &[(&str, &str)]) -> Self {
-        Self::on(start_apiserver_on_etcd().await, extra_env).await
-    }
-
-    async fn on(host: KubeApiserver, extra_env: &[(&str, &str)]) -> Self {
-        hostplane_controller::embedded::install_crds(&host.client())
-            .await
-            .expect("CRDs install");
-        let tmp = tempfile::tempdir().unwrap();
-        let controller = ControllerProcess::start(&host, tmp.path(), None, extra_env);
-        Self {
-            host,
-            controller,
-            _tmp: tmp,
-        }
-    }
-
-    fn cps(&self) -> Api<ControlPlane> {
-        Api::all(self.host.client())
+        Self::with(None, extra_env).await
     }
 
     fn apply(&self, yaml: &str) {
@@ -143,7 +122,7 @@ async fn host_type_hands_out_the_host_with_expiring_tokens_and_revokes_them_on_d
     // People outside reach the host by name (the host serving cert carries `localhost`).
     let host = start_apiserver_on_etcd().await;
     let outside_url = format!("https://localhost:{}", host.port());
-    let bed = Bed::on(host, &[("HOSTPLANE_HOST_SERVER_URL", &outside_url)]).await;
+    let bed = Bed::on(host, None, &[("HOSTPLANE_HOST_SERVER_URL", &outside_url)]).await;
 
     bed.apply(&controlplane(
         "hosted",

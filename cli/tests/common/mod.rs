@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use hostplane_crds::ControlPlane;
-use hostplane_tests::KubeApiserver;
+use hostplane_tests::{KubeApiserver, start_apiserver_on_etcd};
 use kube::api::Api;
 
 /// A `hostplane controller` process against a host API server.
@@ -230,4 +230,39 @@ pub fn kubectl_with(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> (bool, 
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// A host API server on etcd with hostplane's CRDs, and a `hostplane controller` process watching
+/// it (Kine on SQLite for its tenants unless a Postgres DSN is given).
+pub struct ControllerBed {
+    pub host: KubeApiserver,
+    pub controller: ControllerProcess,
+    _tmp: tempfile::TempDir,
+}
+
+impl ControllerBed {
+    pub async fn with(postgres_dsn: Option<String>, extra_env: &[(&str, &str)]) -> Self {
+        Self::on(start_apiserver_on_etcd().await, postgres_dsn, extra_env).await
+    }
+
+    pub async fn on(
+        host: KubeApiserver,
+        postgres_dsn: Option<String>,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        hostplane_controller::embedded::install_crds(&host.client())
+            .await
+            .expect("CRDs install");
+        let tmp = tempfile::tempdir().unwrap();
+        let controller = ControllerProcess::start(&host, tmp.path(), postgres_dsn, extra_env);
+        Self {
+            host,
+            controller,
+            _tmp: tmp,
+        }
+    }
+
+    pub fn cps(&self) -> Api<ControlPlane> {
+        Api::all(self.host.client())
+    }
 }
