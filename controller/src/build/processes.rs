@@ -366,24 +366,30 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
         true => crate::pki::rotation::BUNDLE,
         false => "ca.crt",
     };
-    let kcm_config = kubeconfig::kubeconfig(
-        input.name,
-        &apiserver_url,
-        ca,
-        "system:kube-controller-manager",
-        &Credential::ClientCertFiles {
-            cert: &pki("controller-manager.crt"),
-            key: &pki("controller-manager.key"),
-        },
-    );
-    files.insert(
-        PathBuf::from("controller-manager.conf"),
-        kubeconfig::to_yaml(&kcm_config).into_bytes(),
-    );
-    let kcm_conf = dir
-        .join("controller-manager.conf")
-        .to_string_lossy()
-        .into_owned();
+    // A component's kubeconfig, `<stem>.conf` in the tenant dir, naming its client certificate
+    // `pki/<stem>.crt` by path (renewed leaves are picked up without a restart); returns its path.
+    let mut component_kubeconfig = |stem: &str, user: &str| {
+        let config = kubeconfig::kubeconfig(
+            input.name,
+            &apiserver_url,
+            ca,
+            user,
+            &Credential::ClientCertFiles {
+                cert: &pki(&format!("{stem}.crt")),
+                key: &pki(&format!("{stem}.key")),
+            },
+        );
+        let file = format!("{stem}.conf");
+        files.insert(
+            PathBuf::from(&file),
+            kubeconfig::to_yaml(&config).into_bytes(),
+        );
+        dir.join(file).to_string_lossy().into_owned()
+    };
+    let kcm_conf = component_kubeconfig("controller-manager", "system:kube-controller-manager");
+    let scheduler_conf = input
+        .workers
+        .then(|| component_kubeconfig("scheduler", "system:kube-scheduler"));
 
     let (datastore, etcd_servers, etcd_client_args) = datastore_processes(input, &mut files);
     let mut apiserver_args =
@@ -430,23 +436,8 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
 
     let mut processes: Vec<ProcessSpec> = datastore.into_iter().collect();
     processes.extend([apiserver, controller_manager]);
-    if input.workers {
-        // Pods need placing only when there are nodes to place them on.
-        let scheduler_config = kubeconfig::kubeconfig(
-            input.name,
-            &apiserver_url,
-            ca,
-            "system:kube-scheduler",
-            &Credential::ClientCertFiles {
-                cert: &pki("scheduler.crt"),
-                key: &pki("scheduler.key"),
-            },
-        );
-        files.insert(
-            PathBuf::from("scheduler.conf"),
-            kubeconfig::to_yaml(&scheduler_config).into_bytes(),
-        );
-        let conf = dir.join("scheduler.conf").to_string_lossy().into_owned();
+    // Pods need placing only when there are nodes to place them on.
+    if let Some(conf) = scheduler_conf {
         processes.push(ProcessSpec {
             name: "kube-scheduler",
             program: input.release.kube_scheduler.clone(),
