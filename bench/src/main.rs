@@ -11,9 +11,20 @@
 //!
 //! `proxy`: throughput and latency of TLS through hostplane's SNI proxy beside a direct
 //! connection and HAProxy (see proxy.rs).
+//!
+//! `density`: awake tenants created one after another until a count or a memory margin (see
+//! density.rs). `burst`: many ControlPlanes at once with hibernation on, and many registered
+//! hibernated ones (see burst.rs).
+//!
+//! `all --profile quick|full`: every scenario in sequence, each section of RESULTS.md written
+//! as soon as its scenario finishes, plots in `plots/` beside it.
 
+mod burst;
 mod datastores;
+mod density;
+mod plot;
 mod proxy;
+mod sys;
 mod wake;
 
 use std::path::{Path, PathBuf};
@@ -36,7 +47,7 @@ struct Cli {
     results: PathBuf,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug)]
 enum Scenario {
     /// Tenant ready time ÷ bare kube-apiserver+Kine start time, and idle RSS per tenant.
     Ready {
@@ -87,6 +98,104 @@ enum Scenario {
         #[arg(long, default_value_t = 300)]
         updates: usize,
     },
+    /// Awake tenants created one after another until --tenants or the memory margin: creation
+    /// time, memory per tenant and host CPU idle at every step.
+    Density {
+        /// Stop once this many tenants are awake.
+        #[arg(long, default_value_t = 60)]
+        tenants: usize,
+        /// Never start a tenant that could take MemAvailable below this many MiB.
+        #[arg(long, default_value_t = DEFAULT_MARGIN_MIB)]
+        margin_mib: u64,
+        /// Seconds of host CPU idle sampling after each tenant.
+        #[arg(long, default_value_t = 5)]
+        cpu_window_seconds: u64,
+    },
+    /// Many ControlPlanes applied at once with hibernation on, then many registered hibernated
+    /// ControlPlanes: time to Ready / to status, controller CPU and memory, falling behind.
+    Burst {
+        /// ControlPlanes applied at once.
+        #[arg(long, default_value_t = 100)]
+        tenants: usize,
+        /// Their spec.hibernation.idleAfterSeconds.
+        #[arg(long, default_value_t = 20)]
+        idle_after_seconds: u64,
+        /// Paused ControlPlanes registered in the second part.
+        #[arg(long, default_value_t = 1000)]
+        registered: usize,
+        /// The burst stops when MemAvailable falls below this many MiB.
+        #[arg(long, default_value_t = DEFAULT_MARGIN_MIB)]
+        margin_mib: u64,
+        /// Longest the burst may take, in seconds.
+        #[arg(long, default_value_t = 900)]
+        limit_seconds: u64,
+    },
+    /// Every scenario in sequence with the profile's counts; RESULTS.md is updated after each.
+    All {
+        /// `quick`: small counts, about 10 minutes, for development on a shared machine.
+        /// `full`: the published figures (about 75 minutes).
+        #[arg(long, value_enum, default_value_t = Profile::Quick)]
+        profile: Profile,
+    },
+}
+
+/// Memory the benchmarks leave to the rest of the machine (other engineers' builds and tests).
+const DEFAULT_MARGIN_MIB: u64 = 3 * 1024;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Profile {
+    Quick,
+    Full,
+}
+
+impl Profile {
+    /// The scenarios of `all`, in order, with this profile's counts.
+    fn scenarios(self) -> Vec<Scenario> {
+        let full = self == Profile::Full;
+        let pick = |quick: usize, full_count: usize| if full { full_count } else { quick };
+        vec![
+            Scenario::Ready {
+                runs: pick(1, 5),
+                idle_seconds: pick(10, 20) as u64,
+            },
+            Scenario::Wake {
+                runs: pick(1, 3),
+                idle_after_seconds: 5,
+            },
+            Scenario::Proxy {
+                runs: pick(1, 5),
+                transfer_mib: pick(64, 256) as u64,
+                round_trips: pick(2_000, 20_000),
+                connections: pick(2, 4),
+                handshakes: pick(200, 2_000),
+            },
+            Scenario::Datastores {
+                creates: pick(50, 300),
+                lists: pick(20, 100),
+                updates: pick(50, 300),
+            },
+            Scenario::Density {
+                tenants: pick(5, 60),
+                margin_mib: DEFAULT_MARGIN_MIB,
+                cpu_window_seconds: pick(3, 5) as u64,
+            },
+            Scenario::Burst {
+                tenants: pick(10, 100),
+                idle_after_seconds: 20,
+                registered: pick(50, 1000),
+                margin_mib: DEFAULT_MARGIN_MIB,
+                limit_seconds: pick(300, 900) as u64,
+            },
+        ]
+    }
+
+    /// What a person should expect before starting (measured on 2 cores, 24 GiB).
+    fn expected_minutes(self) -> u64 {
+        match self {
+            Profile::Quick => 10,
+            Profile::Full => 75,
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -132,6 +241,30 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Memory of every tenant that has processes running, by tenant directory: the sum over its
+/// processes (Kine or etcd, kube-apiserver, kube-controller-manager).
+fn tenants_memory(side: &HostplaneSide) -> std::collections::BTreeMap<String, sys::Memory> {
+    let tenants = side.state.path().join("tenants");
+    let rt = hostplane_controller::runtime::processes::ProcessRuntime::new(&tenants);
+    std::fs::read_dir(&tenants)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let key = e.file_name().to_string_lossy().into_owned();
+            let pids = rt.pids(&key);
+            if pids.is_empty() {
+                return None;
+            }
+            let mut sum = sys::Memory::default();
+            for (_, pid) in pids {
+                sum += sys::memory(pid);
+            }
+            Some((key, sum))
+        })
+        .collect()
 }
 
 struct HostplaneSide {
@@ -299,39 +432,47 @@ fn machine() -> String {
     )
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let (title, command, table) = match cli.scenario {
-        Scenario::Ready { runs, idle_seconds } => (
-            "Tenant ready time and idle memory",
-            format!(
-                "cargo build --release -p hostplane -p hostplane-bench && target/release/hostplane-bench ready --runs {runs} --idle-seconds {idle_seconds}"
+/// One scenario's part of RESULTS.md.
+struct Section {
+    title: &'static str,
+    command: String,
+    table: String,
+}
+
+const BUILD: &str = "cargo build --release -p hostplane -p hostplane-bench";
+
+async fn run_scenario(scenario: Scenario, plots: &Path) -> anyhow::Result<Section> {
+    let bench = "target/release/hostplane-bench";
+    Ok(match scenario {
+        Scenario::Ready { runs, idle_seconds } => Section {
+            title: "Tenant ready time and idle memory",
+            command: format!(
+                "{BUILD} && {bench} ready --runs {runs} --idle-seconds {idle_seconds}"
             ),
-            ready(runs, Duration::from_secs(idle_seconds)).await?,
-        ),
+            table: ready(runs, Duration::from_secs(idle_seconds)).await?,
+        },
         Scenario::Wake {
             runs,
             idle_after_seconds,
-        } => (
-            "Wake-on-connect",
-            format!(
-                "cargo build --release -p hostplane -p hostplane-bench && target/release/hostplane-bench wake --runs {runs} --idle-after-seconds {idle_after_seconds}"
+        } => Section {
+            title: "Wake-on-connect",
+            command: format!(
+                "{BUILD} && {bench} wake --runs {runs} --idle-after-seconds {idle_after_seconds}"
             ),
-            wake::run(runs, idle_after_seconds).await?,
-        ),
+            table: wake::run(runs, idle_after_seconds).await?,
+        },
         Scenario::Proxy {
             runs,
             transfer_mib,
             round_trips,
             connections,
             handshakes,
-        } => (
-            "SNI proxy throughput and latency",
-            format!(
+        } => Section {
+            title: "SNI proxy throughput and latency",
+            command: format!(
                 "cargo run --release -p hostplane-bench -- proxy --runs {runs} --transfer-mib {transfer_mib} --round-trips {round_trips} --connections {connections} --handshakes {handshakes}"
             ),
-            proxy::run(proxy::Workload {
+            table: proxy::run(proxy::Workload {
                 runs,
                 transfer_bytes: transfer_mib * 1024 * 1024,
                 round_trips,
@@ -339,41 +480,166 @@ async fn main() -> anyhow::Result<()> {
                 handshakes,
             })
             .await?,
-        ),
+        },
         Scenario::Datastores {
             creates,
             lists,
             updates,
-        } => (
-            "Tenant request latency by datastore",
-            format!(
-                "cargo build --release -p hostplane -p hostplane-bench && target/release/hostplane-bench datastores --creates {creates} --lists {lists} --updates {updates}"
+        } => Section {
+            title: "Tenant request latency by datastore",
+            command: format!(
+                "{BUILD} && {bench} datastores --creates {creates} --lists {lists} --updates {updates}"
             ),
-            datastores::run(datastores::Workload {
+            table: datastores::run(datastores::Workload {
                 creates,
                 lists,
                 updates,
             })
             .await?,
-        ),
-    };
-    let section = format!(
-        "## {title}\n\nReproduce: `{command}`\n\nMachine: {}\n\n{table}\n",
-        machine()
+        },
+        Scenario::Density {
+            tenants,
+            margin_mib,
+            cpu_window_seconds,
+        } => Section {
+            title: "Density: awake tenants on one machine",
+            command: format!(
+                "{BUILD} && {bench} density --tenants {tenants} --margin-mib {margin_mib} --cpu-window-seconds {cpu_window_seconds}"
+            ),
+            table: density::run(
+                density::Options {
+                    tenants,
+                    margin_mib,
+                    cpu_window: Duration::from_secs(cpu_window_seconds),
+                },
+                plots,
+            )
+            .await?,
+        },
+        Scenario::Burst {
+            tenants,
+            idle_after_seconds,
+            registered,
+            margin_mib,
+            limit_seconds,
+        } => Section {
+            title: "Burst: many ControlPlanes at once",
+            command: format!(
+                "{BUILD} && {bench} burst --tenants {tenants} --idle-after-seconds {idle_after_seconds} --registered {registered} --margin-mib {margin_mib} --limit-seconds {limit_seconds}"
+            ),
+            table: burst::run(
+                burst::Options {
+                    tenants,
+                    idle_after_seconds,
+                    registered,
+                    margin_mib,
+                    limit: Duration::from_secs(limit_seconds),
+                },
+                plots,
+            )
+            .await?,
+        },
+        Scenario::All { .. } => bail!("`all` runs the other scenarios; it is not one itself"),
+    })
+}
+
+/// What `all` says at the top of RESULTS.md, above the first section.
+const PREAMBLE: &str = "Every section below, in one command (about 75 minutes on 2 cores; `--profile quick` takes about 10 with small counts):\n\n```sh\ncargo build --release -p hostplane -p hostplane-bench && target/release/hostplane-bench all --profile full\n```\n\nEach section names the command that reproduces it alone; plots are in [plots/](plots/).\n\n";
+
+/// Writes `section` into the results file: in place of the section with the same title, or at
+/// the end. Other sections keep their figures.
+fn record(results: &Path, section: &Section) -> anyhow::Result<()> {
+    let text = format!(
+        "## {}\n\nReproduce: `{}`\n\nMachine: {}\n\n{}\n",
+        section.title,
+        section.command,
+        machine(),
+        section.table
     );
-    print!("{section}");
-    let existing = std::fs::read_to_string(&cli.results)
-        .unwrap_or_else(|_| "# hostplane benchmark results\n\n".into());
-    let updated = match existing.find(&format!("## {title}")) {
+    print!("{text}");
+    let existing = std::fs::read_to_string(results)
+        .unwrap_or_else(|_| format!("# hostplane benchmark results\n\n{PREAMBLE}"));
+    let updated = match existing.find(&format!("## {}\n", section.title)) {
         Some(start) => {
             let end = existing[start + 3..]
                 .find("\n## ")
                 .map(|i| start + 3 + i + 1)
                 .unwrap_or(existing.len());
-            format!("{}{}{}", &existing[..start], section, &existing[end..])
+            format!("{}{}{}", &existing[..start], text, &existing[end..])
         }
-        None => format!("{existing}{section}"),
+        None => match existing.find("\n## Notes on the figures") {
+            // New sections go before the notes, which stay last.
+            Some(notes) => format!("{}\n{}{}", &existing[..notes], text, &existing[notes + 1..]),
+            None => format!("{existing}{text}"),
+        },
     };
-    std::fs::write(&cli.results, updated)?;
+    std::fs::write(results, updated)?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let plots = cli.results.parent().unwrap_or(Path::new(".")).join("plots");
+    // Ctrl-C or SIGTERM drops the running scenario, whose guards stop every process it started
+    // (controller, tenants, Postgres, API servers); exiting without that would leave them running.
+    tokio::select! {
+        result = run(cli, &plots) => result,
+        signal = interrupted() => {
+            bail!("interrupted by {signal}: stopped the running scenario and its processes")
+        }
+    }
+}
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn run(cli: Cli, plots: &Path) -> anyhow::Result<()> {
+    let Scenario::All { profile } = cli.scenario else {
+        let section = run_scenario(cli.scenario, plots).await?;
+        return record(&cli.results, &section);
+    };
+    let scenarios = profile.scenarios();
+    eprintln!(
+        "all --profile {profile:?}: {} scenarios, expected to take about {} minutes on 2 cores; each section of {} is written when its scenario ends",
+        scenarios.len(),
+        profile.expected_minutes(),
+        cli.results.display()
+    );
+    let started = Instant::now();
+    let mut failed = vec![];
+    for scenario in scenarios {
+        let name = format!("{scenario:?}");
+        eprintln!(
+            "\n=== {name} ({:.0} min elapsed)",
+            started.elapsed().as_secs_f64() / 60.0
+        );
+        // One scenario failing (a port taken, a slow machine) must not lose the others' figures.
+        match run_scenario(scenario, plots).await {
+            Ok(section) => record(&cli.results, &section)?,
+            Err(e) => {
+                eprintln!("=== {name} failed: {e:#}");
+                failed.push(name);
+            }
+        }
+    }
+    eprintln!(
+        "all: done in {:.0} min",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    if !failed.is_empty() {
+        bail!("scenarios failed: {}", failed.join("; "));
+    }
     Ok(())
 }

@@ -14,7 +14,7 @@ use kube::api::Api;
 use crate::{HostplaneSide, bare_start, hostplane_side, kubectl_ok, median, rss_kib, tenant_ready};
 
 /// Kills the proxy when the benchmark ends, however it ends.
-struct ProxyChild(std::process::Child);
+pub(crate) struct ProxyChild(std::process::Child);
 
 impl Drop for ProxyChild {
     fn drop(&mut self) {
@@ -23,7 +23,7 @@ impl Drop for ProxyChild {
     }
 }
 
-fn start_proxy(side: &HostplaneSide, address: &str) -> anyhow::Result<ProxyChild> {
+pub(crate) fn start_proxy(side: &HostplaneSide, address: &str) -> anyhow::Result<ProxyChild> {
     let exe = std::env::current_exe()?.with_file_name("hostplane");
     let child = Command::new(exe)
         .args([

@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Start everything locally: a host API server (Kine on SQLite), the controller with the
     /// processes runtime, and a sample tenant you can kubectl into. Runs until Ctrl-C.
-    Up(commands::up::UpArgs),
+    Up(Box<commands::up::UpArgs>),
     /// Run the controller against the host cluster of the current kubeconfig.
     Controller(Box<commands::controller::ControllerArgs>),
     /// Serve every tenant on one TLS port, routed by SNI (NAME.DOMAIN), TLS passed through.
@@ -41,6 +41,9 @@ enum Command {
     List(commands::manage::ListArgs),
     /// Print or write a tenant's kubeconfig (expiring token), or merge it into ~/.kube/config.
     Kubeconfig(commands::manage::KubeconfigArgs),
+    /// Show what tenants use (CPU, memory, storage, objects, API requests), as the controller
+    /// last sampled it.
+    Usage(commands::usage::UsageArgs),
     /// Print the hostplane version and the upstream Kubernetes versions it can run.
     Version {
         /// Where tools/upstream/build put the upstream binaries.
@@ -63,13 +66,14 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
     let result = match cli.command {
-        Command::Up(args) => commands::up::run(args).await,
+        Command::Up(args) => commands::up::run(*args).await,
         Command::Controller(args) => commands::controller::run(*args).await,
         Command::Proxy(args) => commands::proxy::run(args).await,
         Command::Create(args) => commands::manage::create(args).await,
         Command::Delete(args) => commands::manage::delete(args).await,
         Command::List(args) => commands::manage::list(args).await,
         Command::Kubeconfig(args) => commands::manage::kubeconfig(args).await,
+        Command::Usage(args) => commands::usage::run(args).await,
         Command::Version { upstream_bin_dir } => commands::version(upstream_bin_dir),
     };
     match result {

@@ -261,7 +261,10 @@ async fn a_controlplane_becomes_a_fenced_deployment_that_is_ready_when_available
             &json!("example.test/kine:v9"),
             &json!([
                 "--listen-address=127.0.0.1:2379",
-                "--metrics-bind-address=0"
+                "--metrics-bind-address=0",
+                // The default limits: a pool of 15 under the role's 20 connections.
+                "--datastore-max-open-connections=15",
+                "--datastore-max-idle-connections=8"
             ]),
             &json!([
                 {"name": "KINE_ENDPOINT", "valueFrom": {"secretKeyRef": {"key": "url", "name": "datastore"}}},

@@ -67,6 +67,8 @@ pub struct ControllerConfig {
     pub startup_wait: Duration,
     /// ControlPlanes reconciled at once.
     pub concurrency: u16,
+    /// Tenants of the processes runtime starting at once (see `runtime::start_gate`).
+    pub max_starting_tenants: usize,
     /// When set, handed-out kubeconfigs point at the SNI proxy instead of the tenant directly.
     pub proxy: Option<ProxyAccess>,
     /// Tenants without `spec.hibernation.idleAfterSeconds` hibernate after this long without
@@ -80,6 +82,11 @@ pub struct ControllerConfig {
     /// How long a CA rotation waits in each stage (see `pki::rotation`); `None` waits a
     /// tenant's token lifetime, so that every kubeconfig handed out before it has expired.
     pub ca_rotation_overlap: Option<Duration>,
+    /// Tenants' usage (`status.usage`, `hostplane_tenant_*` metrics) is sampled this often;
+    /// `None` never.
+    pub usage_interval: Option<Duration>,
+    /// Limits of tenants whose `spec.limits` leaves them out.
+    pub default_limits: crate::limits::TenantLimits,
 }
 
 impl ControllerConfig {
@@ -98,11 +105,20 @@ impl ControllerConfig {
             leaf_validity: Duration::from_secs(365 * 24 * 3600),
             startup_wait: Duration::from_secs(10),
             concurrency: 8,
+            max_starting_tenants: default_max_starting_tenants(),
             proxy: None,
             idle_after: None,
             hook_timeout: Duration::from_secs(600),
             host_access: None,
             ca_rotation_overlap: None,
+            usage_interval: Some(Duration::from_secs(30)),
+            default_limits: crate::limits::TenantLimits::default(),
         }
     }
+}
+
+/// One starting tenant per CPU: a starting kube-apiserver keeps about one core busy, so more at
+/// once only makes each of them slower.
+pub fn default_max_starting_tenants() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }

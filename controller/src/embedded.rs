@@ -35,6 +35,8 @@ pub enum EmbeddedError {
     Timeout(Duration, PathBuf),
     #[error("installing CRDs: {0}")]
     Crds(kube::Error),
+    #[error("the CRDs are established but API discovery does not serve {0} yet after {1:?}")]
+    CrdsNotDiscovered(String, Duration),
 }
 
 /// A running embedded host.
@@ -86,6 +88,7 @@ impl EmbeddedHost {
             pki: &pki,
             store: &Store::Sqlite,
             workers: false,
+            limits: None,
         });
         progress("starting host Kine, kube-apiserver and kube-controller-manager");
         runtime.ensure(HOST_KEY, &bundle).await?;
@@ -156,6 +159,7 @@ pub async fn install_crds(client: &kube::Client) -> Result<(), EmbeddedError> {
         );
         let _ = tokio::time::timeout(Duration::from_secs(60), established).await;
     }
+    wait_discovered(client, Duration::from_secs(60)).await?;
     // The hooks hostplane ships (what the Helm chart installs in a real host cluster).
     let hooks = Api::<hostplane_crds::PostCreateHook>::all(client.clone());
     for hook in hostplane_hooks::builtin_hooks() {
@@ -166,6 +170,40 @@ pub async fn install_crds(client: &kube::Client) -> Result<(), EmbeddedError> {
             .map_err(EmbeddedError::Crds)?;
     }
     Ok(())
+}
+
+/// Waits until API discovery serves every hostplane kind. A CRD is Established before the
+/// aggregated discovery document lists it, and kubectl maps kinds through discovery: applying a
+/// ControlPlane in between fails with "no matches for kind".
+async fn wait_discovered(client: &kube::Client, patience: Duration) -> Result<(), EmbeddedError> {
+    let wanted: Vec<String> = hostplane_crds::crds()
+        .into_iter()
+        .map(|crd| crd.spec.names.kind)
+        .collect();
+    let deadline = Instant::now() + patience;
+    loop {
+        let served: Vec<String> =
+            match kube::discovery::oneshot::group(client, hostplane_crds::GROUP).await {
+                Ok(group) => group
+                    .recommended_resources()
+                    .into_iter()
+                    .map(|(resource, _)| resource.kind)
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+        let missing: Vec<&String> = wanted.iter().filter(|k| !served.contains(k)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<&str> = missing.iter().map(|k| k.as_str()).collect();
+            return Err(EmbeddedError::CrdsNotDiscovered(
+                missing.join(", "),
+                patience,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Labels of everything `hostplane up` creates by itself.

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
@@ -27,6 +28,110 @@ pub struct StateLabel {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    pub tenant: String,
+}
+
+type TenantGauge = Family<TenantLabel, Gauge>;
+type TenantFloatGauge = Family<TenantLabel, Gauge<f64, AtomicU64>>;
+
+/// Each tenant's `status.usage` as last sampled (`usage`), one series per tenant, removed when
+/// the tenant is deleted. Gauges, counters included: they restart with the tenant's processes.
+#[derive(Default)]
+pub struct TenantUsageGauges {
+    cpu_seconds: TenantFloatGauge,
+    memory_bytes: TenantGauge,
+    storage_bytes: TenantGauge,
+    datastore_bytes: TenantGauge,
+    objects: TenantGauge,
+    api_requests: TenantGauge,
+    api_request_rate: TenantFloatGauge,
+}
+
+impl TenantUsageGauges {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "tenant_cpu_seconds",
+            "CPU seconds a tenant's control plane components used (over their current lives)",
+            self.cpu_seconds.clone(),
+        );
+        registry.register(
+            "tenant_memory_bytes",
+            "Resident memory of a tenant's control plane components",
+            self.memory_bytes.clone(),
+        );
+        registry.register(
+            "tenant_storage_bytes",
+            "Bytes of live keys and values a tenant keeps in its datastore",
+            self.storage_bytes.clone(),
+        );
+        registry.register(
+            "tenant_datastore_bytes",
+            "Size of a tenant's own datastore (its database or etcd file)",
+            self.datastore_bytes.clone(),
+        );
+        registry.register(
+            "tenant_objects",
+            "Objects (keys) a tenant keeps in its datastore",
+            self.objects.clone(),
+        );
+        registry.register(
+            "tenant_api_requests",
+            "Requests a tenant API server has served (over its current life)",
+            self.api_requests.clone(),
+        );
+        registry.register(
+            "tenant_api_request_rate",
+            "Requests per second a tenant API server served over the last sampling interval",
+            self.api_request_rate.clone(),
+        );
+    }
+
+    pub fn set(&self, tenant: &str, usage: &hostplane_crds::UsageStatus) {
+        let label = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        self.cpu_seconds
+            .get_or_create(&label)
+            .set(usage.cpu_seconds);
+        self.memory_bytes
+            .get_or_create(&label)
+            .set(usage.memory_bytes);
+        self.storage_bytes
+            .get_or_create(&label)
+            .set(usage.storage_bytes);
+        match usage.datastore_bytes {
+            Some(bytes) => {
+                self.datastore_bytes.get_or_create(&label).set(bytes);
+            }
+            None => {
+                self.datastore_bytes.remove(&label);
+            }
+        }
+        self.objects.get_or_create(&label).set(usage.objects);
+        self.api_requests
+            .get_or_create(&label)
+            .set(usage.api_requests);
+        self.api_request_rate
+            .get_or_create(&label)
+            .set(usage.api_request_rate);
+    }
+
+    pub fn remove(&self, tenant: &str) {
+        let label = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        self.cpu_seconds.remove(&label);
+        self.memory_bytes.remove(&label);
+        self.storage_bytes.remove(&label);
+        self.datastore_bytes.remove(&label);
+        self.objects.remove(&label);
+        self.api_requests.remove(&label);
+        self.api_request_rate.remove(&label);
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub reconciles: Counter,
@@ -38,6 +143,7 @@ pub struct Metrics {
     pub leader: Gauge,
     tenants_by_state: Family<StateLabel, Gauge>,
     states: Mutex<HashMap<String, String>>,
+    pub tenant_usage: TenantUsageGauges,
 }
 
 impl Default for Metrics {
@@ -80,8 +186,11 @@ impl Default for Metrics {
             "ControlPlanes by the reason of their Ready condition",
             tenants_by_state.clone(),
         );
+        let tenant_usage = TenantUsageGauges::default();
+        tenant_usage.register(&mut registry);
         Self {
             registry,
+            tenant_usage,
             reconciles,
             reconcile_failures,
             reconcile_duration,
@@ -212,6 +321,55 @@ mod tests {
         );
         assert!(
             text.contains("hostplane_reconcile_failures_total{reason=\"DatastoreUnavailable\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tenant_usage_series_come_and_go_with_tenants() {
+        let m = Metrics::default();
+        let usage = hostplane_crds::UsageStatus {
+            cpu_seconds: 12.5,
+            memory_bytes: 300 << 20,
+            storage_bytes: 524288,
+            datastore_bytes: Some(8 << 20),
+            objects: 240,
+            api_requests: 4182,
+            api_request_rate: 1.5,
+            sampled_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+        };
+        m.tenant_usage.set("a", &usage);
+        m.tenant_usage.set(
+            "b",
+            &hostplane_crds::UsageStatus {
+                datastore_bytes: None,
+                ..usage.clone()
+            },
+        );
+        let text = m.encode();
+        for line in [
+            "hostplane_tenant_cpu_seconds{tenant=\"a\"} 12.5",
+            "hostplane_tenant_memory_bytes{tenant=\"a\"} 314572800",
+            "hostplane_tenant_storage_bytes{tenant=\"a\"} 524288",
+            "hostplane_tenant_datastore_bytes{tenant=\"a\"} 8388608",
+            "hostplane_tenant_objects{tenant=\"a\"} 240",
+            "hostplane_tenant_api_requests{tenant=\"a\"} 4182",
+            "hostplane_tenant_api_request_rate{tenant=\"a\"} 1.5",
+            "hostplane_tenant_objects{tenant=\"b\"} 240",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(
+            !text.contains("hostplane_tenant_datastore_bytes{tenant=\"b\"}"),
+            "{text}"
+        );
+        m.tenant_usage.remove("a");
+        let text = m.encode();
+        assert!(!text.contains("tenant=\"a\""), "{text}");
+        assert!(
+            text.contains("hostplane_tenant_objects{tenant=\"b\"} 240"),
             "{text}"
         );
     }

@@ -43,6 +43,7 @@ use crate::provision::tenant_access::{self, TenantAccessError};
 use crate::provision::{hooks, join};
 use crate::runtime::pods::{PodsError, PodsRuntime};
 use crate::runtime::processes::{ProcessRuntime, RuntimeError};
+use crate::runtime::start_gate::StartGate;
 use crate::status::{self, ConditionState, READY, SYNCED, reason};
 use crate::upstream::UpstreamCatalog;
 use crate::validate::{
@@ -50,6 +51,7 @@ use crate::validate::{
 };
 
 mod ca_rotation;
+mod limits;
 mod pods_tenant;
 
 pub const FINALIZER: &str = "tenancy.hostplane.io/cleanup";
@@ -107,6 +109,8 @@ pub enum ReconcileError {
     Cleanup { what: String, detail: String },
     #[error("{0}")]
     Adopted(#[from] AdoptedError),
+    #[error("tenant limits: {what}: {detail}")]
+    Limits { what: String, detail: String },
 }
 
 impl ReconcileError {
@@ -119,12 +123,13 @@ impl ReconcileError {
             Self::Datastore(_) | Self::SharedEtcd(_) => "DatastoreUnavailable",
             Self::ExternalDatastore { .. } => "ExternalDatastoreUnavailable",
             Self::Certificates(_) => "CertificatesFailed",
-            Self::Runtime(_) => "RuntimeFailed",
+            Self::Runtime(e) => e.reason(),
             Self::Pods(e) => e.reason(),
             Self::Apply { .. } => "ApplyFailed",
             Self::TenantAccess(_) => "TenantAccessFailed",
             Self::Cleanup { .. } => "CleanupFailed",
             Self::Adopted(e) => e.reason(),
+            Self::Limits { .. } => "LimitsFailed",
         }
     }
 }
@@ -141,6 +146,8 @@ pub struct Context {
     pub shared_etcd: Option<SharedEtcd>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Bounds how many tenants of the processes runtime start at once.
+    pub starts: StartGate,
 }
 
 impl Context {
@@ -166,7 +173,8 @@ impl Context {
         Ok(Self {
             metrics: Arc::default(),
             recorder: Recorder::new(client.clone(), reporter),
-            runtime: ProcessRuntime::new(config.state_dir.join("tenants")),
+            runtime: tenant_process_runtime(&config),
+            starts: StartGate::new(config.max_starting_tenants),
             pods: PodsRuntime::new(client.clone()),
             client,
             config,
@@ -218,6 +226,8 @@ pub async fn run(
             ),
         TenantRuntime::Processes => controller,
     };
+    // Usage is sampled where passes run: on the leader only, and for as long as they run.
+    let usage_sampler = tokio::spawn(crate::usage::run(ctx.clone()));
     controller
         .with_config(
             kube::runtime::controller::Config::default().concurrency(ctx.config.concurrency),
@@ -230,6 +240,7 @@ pub async fn run(
             }
         })
         .await;
+    usage_sampler.abort();
 }
 
 /// The ControlPlane an object of ours belongs to, by its label (cluster-scoped: no namespace).
@@ -240,6 +251,22 @@ fn owning_controlplane<K: Resource>(object: K) -> Option<ObjectRef<ControlPlane>
         .as_ref()?
         .get(objects::CONTROLPLANE_LABEL)?;
     Some(ObjectRef::new(name))
+}
+
+/// The processes runtime, enforcing tenants' CPU limits with control groups where the machine
+/// lets it (the pods runtime leaves that to the kubelet).
+fn tenant_process_runtime(config: &ControllerConfig) -> ProcessRuntime {
+    let runtime = ProcessRuntime::new(config.state_dir.join("tenants"));
+    if config.runtime != TenantRuntime::Processes {
+        return runtime;
+    }
+    match crate::runtime::cgroup::CpuGroups::detect() {
+        Ok(groups) => runtime.with_cpu_groups(groups),
+        Err(e) => {
+            warn!("tenant CPU limits (limits.maxCpuMillicores) cannot be enforced: {e}");
+            runtime
+        }
+    }
 }
 
 #[instrument(skip(cp, ctx), fields(controlplane = %cp.name_any()))]
@@ -303,7 +330,7 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
     if adopted::is_adopted(cp) {
         return adopted_branch(cp, ctx).await;
     }
-    let plan = match validate::validate(cp, &ctx.catalog) {
+    let plan = match validate::validate(cp, &ctx.catalog, &ctx.config.default_limits) {
         Ok(plan) => plan,
         Err(e) => {
             // A spec we cannot build: say so and wait for it to change (no hot retry loop).
@@ -430,6 +457,7 @@ async fn hibernate(
     sleep: &hibernation::Inputs,
 ) -> Result<Action, ReconcileError> {
     ctx.runtime.stop(&plan.key()).await;
+    ctx.starts.release(&plan.key());
     if ctx.config.runtime == TenantRuntime::Pods {
         ctx.pods.stop(&plan.name).await?;
     }
@@ -468,6 +496,8 @@ struct ReadyReport {
     /// The tenant is available but the controller cannot reach it (pods runtime, controller
     /// outside the host's network): reported in Synced, not Ready.
     unreachable: Option<String>,
+    /// The `QuotaExceeded` condition to write (`reconcile::limits`); `None` leaves it as it is.
+    quota: Option<ConditionState>,
 }
 
 async fn get_secret(
@@ -564,10 +594,22 @@ async fn provision_tenant(
         pki: &pki,
         store: &store,
         workers: hooks::wants_workers(cp),
+        limits: Some(&plan.limits),
     });
+    let endpoint = format!("https://127.0.0.1:{}", ports.apiserver);
+    // A tenant whose processes are not running starts only in its turn (`runtime::start_gate`).
+    // Running ones need no turn: a restarted controller adopts a Ready tenant's processes, and
+    // waiting for a turn would report it Unavailable while it serves.
+    if ctx.runtime.pids(&key).is_empty()
+        && let Err(busy) = ctx.starts.admit(&key)
+    {
+        return Ok(Progress::Starting {
+            endpoint,
+            detail: busy.to_string(),
+        });
+    }
     ctx.runtime.ensure(&key, &bundle).await?;
 
-    let endpoint = format!("https://127.0.0.1:{}", ports.apiserver);
     let client = tenant_access::controller_client(&endpoint, &pki).await?;
     if let Err(e) = wait_ready(&client, patience).await {
         return Ok(Progress::Starting {
@@ -576,6 +618,7 @@ async fn provision_tenant(
         });
     }
     ctx.runtime.mark_api_ready(&key);
+    ctx.starts.release(&key);
     serve_tenant(cp, plan, ctx, &client, endpoint, &pki).await
 }
 
@@ -591,6 +634,7 @@ async fn serve_tenant(
 ) -> Result<Progress, ReconcileError> {
     tenant_access::ensure_admin_account(client).await?;
     let renew_at = ensure_kubeconfig(plan, ctx, client, &endpoint, pki).await?;
+    let quota = limits::enforce(cp, plan, ctx, client, pki).await?;
     // Back when a certificate is due as well, so that short leaf lifetimes never lapse.
     let renew_at = pki::next_renewal(pki)
         .into_iter()
@@ -652,6 +696,7 @@ async fn serve_tenant(
         hooks: hooks.statuses,
         hooks_recheck_in: hooks.recheck_in,
         unreachable: None,
+        quota,
     }))
 }
 
@@ -755,6 +800,13 @@ async fn ensure_datastore(
     };
     let admin = pg.connect().await?;
     postgres::ensure_database(&admin, &database, &password).await?;
+    postgres::ensure_role_limits(
+        &admin,
+        &database,
+        plan.limits.max_datastore_connections,
+        plan.limits.statement_timeout_seconds,
+    )
+    .await?;
     let url = pg.tenant_url(&database, &password);
     if stored.as_ref().and_then(|s| s.get("url")) != Some(&url) {
         apply_secret(ctx, &objects::datastore_secret(plan, &password, &url)).await?;
@@ -1033,11 +1085,12 @@ async fn write_status(
         .set_tenant_state(&cp.name_any(), Some(&ready.reason));
     let now = Time(Timestamp::now());
     let hibernated = ready.reason == reason::HIBERNATED;
-    let conditions = status::merge_conditions(
-        &previous.conditions,
-        &[(READY, ready), (SYNCED, synced)],
-        &now,
-    );
+    let mut updates = vec![(READY, ready), (SYNCED, synced)];
+    // Written with Ready: the list is one field, and a second writer would race this one.
+    if let Some(quota) = report.and_then(|r| r.quota.clone()) {
+        updates.push((crate::quota::QUOTA_EXCEEDED, quota));
+    }
+    let conditions = status::merge_conditions(&previous.conditions, &updates, &now);
     let mut status = json!({
         "conditions": conditions,
         "observedGeneration": cp.metadata.generation.unwrap_or_default(),
@@ -1116,6 +1169,7 @@ async fn cleanup_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reco
         warn!(error = %e, "cannot write Deleting status");
     }
     ctx.runtime.remove(&tenant_key(&name, &uid)).await?;
+    ctx.starts.release(&tenant_key(&name, &uid));
     if ctx.config.runtime == TenantRuntime::Pods {
         ctx.pods.remove(&name).await?;
     }
@@ -1236,6 +1290,7 @@ async fn adopted_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reco
         hooks: Vec::new(),
         hooks_recheck_in: None,
         unreachable: None,
+        quota: None,
     };
     write_status(
         ctx,

@@ -4,6 +4,7 @@
 use hostplane_crds::{BackendType, ControlPlane, ControlPlaneType};
 use kube::ResourceExt;
 
+use crate::limits::TenantLimits;
 use crate::upstream::{ReleaseBinaries, UpstreamCatalog};
 
 /// A ControlPlane the controller knows how to build.
@@ -20,6 +21,8 @@ pub struct TenantPlan {
     pub release: ReleaseBinaries,
     /// Lifetime of handed-out tokens.
     pub token_ttl_seconds: i64,
+    /// `spec.limits` over the controller's defaults.
+    pub limits: TenantLimits,
 }
 
 impl TenantPlan {
@@ -99,7 +102,12 @@ impl ValidateError {
     }
 }
 
-pub fn validate(cp: &ControlPlane, catalog: &UpstreamCatalog) -> Result<TenantPlan, ValidateError> {
+/// `default_limits` fill what `spec.limits` leaves out.
+pub fn validate(
+    cp: &ControlPlane,
+    catalog: &UpstreamCatalog,
+    default_limits: &TenantLimits,
+) -> Result<TenantPlan, ValidateError> {
     let name = cp.metadata.name.clone().ok_or(ValidateError::Incomplete)?;
     let uid = cp.uid().ok_or(ValidateError::Incomplete)?;
     let spec = &cp.spec;
@@ -135,6 +143,7 @@ pub fn validate(cp: &ControlPlane, catalog: &UpstreamCatalog) -> Result<TenantPl
         external_datastore,
         release,
         token_ttl_seconds: spec.token_expiration_seconds,
+        limits: TenantLimits::resolve(spec.limits.as_ref(), default_limits),
     })
 }
 
@@ -197,7 +206,7 @@ mod tests {
     #[test]
     fn defaults_give_the_newest_release_and_shared_backend() {
         let spec: ControlPlaneSpec = serde_json::from_value(serde_json::json!({})).unwrap();
-        let plan = validate(&cp(spec), &catalog()).unwrap();
+        let plan = validate(&cp(spec), &catalog(), &TenantLimits::default()).unwrap();
         assert_eq!(
             plan,
             TenantPlan {
@@ -208,6 +217,7 @@ mod tests {
                 external_datastore: None,
                 release: catalog().release(Some("1.37")).unwrap().clone(),
                 token_ttl_seconds: 7200,
+                limits: TenantLimits::default(),
             }
         );
         assert_eq!(plan.database_name(), "hp_0f8e2a7c111122223333444455556666");
@@ -220,7 +230,7 @@ mod tests {
             version: Some("1.20".into()),
             ..Default::default()
         };
-        let err = validate(&cp(spec), &catalog()).unwrap_err();
+        let err = validate(&cp(spec), &catalog(), &TenantLimits::default()).unwrap_err();
         assert_eq!(err.reason(), "UnknownVersion");
         assert_eq!(
             err.to_string(),
@@ -234,7 +244,7 @@ mod tests {
             type_: ControlPlaneType::Vcluster,
             ..Default::default()
         };
-        let err = validate(&cp(spec), &catalog()).unwrap_err();
+        let err = validate(&cp(spec), &catalog(), &TenantLimits::default()).unwrap_err();
         assert_eq!(
             (err.reason(), err.to_string()),
             (
@@ -279,12 +289,14 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            validate(&running, &catalog()).unwrap_err().reason(),
+            validate(&running, &catalog(), &TenantLimits::default())
+                .unwrap_err()
+                .reason(),
             "VersionDowngrade"
         );
         running.spec.version = Some("1.37".into());
         assert_eq!(
-            validate(&running, &catalog()).map(|p| p.release.version),
+            validate(&running, &catalog(), &TenantLimits::default()).map(|p| p.release.version),
             Ok("1.37.2".to_string())
         );
     }

@@ -118,6 +118,53 @@ pub struct ControlPlaneSpec {
     /// `processes` runtime ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+
+    /// What the tenant may use: storage, API concurrency, datastore connections. Unset fields
+    /// take the controller's defaults (`hostplane controller --help`, "Tenant limits").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// Per-tenant limits. Storage over `maxStorageBytes` makes the tenant read-only (condition
+/// `QuotaExceeded`: reads and deletes work, creates and updates are refused with a message that
+/// says why) until its usage falls below the limit again, the contract etcd's NOSPACE alarm gives.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Bytes of live data (keys and values) the tenant may keep in its datastore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1048576))]
+    pub max_storage_bytes: Option<i64>,
+
+    /// The tenant API server's `--max-requests-inflight` (non-mutating requests at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_requests_inflight: Option<i32>,
+
+    /// The tenant API server's `--max-mutating-requests-inflight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_mutating_requests_inflight: Option<i32>,
+
+    /// Connections the tenant may hold to its datastore: the Postgres role's `CONNECTION LIMIT`
+    /// (Kine's pool keeps a quarter of it free). At least 8: with a pool of 3 a starting API
+    /// server's requests queue for tens of seconds and it never becomes ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8, max = 1000))]
+    pub max_datastore_connections: Option<i32>,
+
+    /// Longest a single datastore statement may run (Postgres `statement_timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub statement_timeout_seconds: Option<i32>,
+
+    /// CPU the tenant's control plane processes may use together, in millicores (1000 = one
+    /// core): a CPU bandwidth limit on a control group per tenant (processes runtime), so one
+    /// tenant's request storm leaves the machine's other cores to the other tenants. Unset: the
+    /// controller's `--default-max-cpu-millicores`, which is unlimited unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 256000))]
+    pub max_cpu_millicores: Option<i32>,
 }
 
 /// Host nodes for a tenant's control plane pods: copied into its Deployment's pod template, so a
@@ -292,6 +339,37 @@ pub struct ControlPlaneStatus {
     /// `tenancy.hostplane.io/rotate-ca`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_rotation: Option<CaRotationStatus>,
+    /// What the tenant used when last sampled (`hostplane usage` shows it as a table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageStatus>,
+}
+
+/// A tenant's resource usage, sampled periodically by the controller.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageStatus {
+    /// When these figures were sampled.
+    pub sampled_time: Time,
+    /// CPU time the tenant's control plane components have used, in seconds (cumulative over
+    /// the components' current lives).
+    pub cpu_seconds: f64,
+    /// Resident memory of the tenant's control plane components, in bytes (0 while hibernated).
+    pub memory_bytes: i64,
+    /// Bytes of live data (keys and values) the tenant keeps: what `limits.maxStorageBytes`
+    /// is measured against.
+    pub storage_bytes: i64,
+    /// The datastore's own size on disk for this tenant (Postgres `pg_database_size`, Kine's
+    /// SQLite file, the dedicated etcd's db size), history and free pages included; absent
+    /// where the tenant shares it (shared etcd) or it is not ours to measure (external etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore_bytes: Option<i64>,
+    /// Objects (keys) the tenant stores.
+    pub objects: i64,
+    /// API requests the tenant API server has served (its `apiserver_request_total`, over the
+    /// API server's current life).
+    pub api_requests: i64,
+    /// API requests per second over the last sampling interval.
+    pub api_request_rate: f64,
 }
 
 /// Where a cluster CA rotation stands: `TrustingBoth` (new CA trusted beside the old, leaves

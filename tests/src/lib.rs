@@ -26,6 +26,7 @@ mod binaries;
 mod command;
 mod etcd;
 mod kine;
+pub mod load;
 pub mod node_bootstrap;
 mod ports;
 mod postgres;

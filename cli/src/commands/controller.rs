@@ -7,6 +7,7 @@ use clap::Args;
 use hostplane_controller::build::pods::{self, PeerPods};
 use hostplane_controller::config::{ControllerConfig, ProxyAccess, TenantRuntime};
 use hostplane_controller::leader::{self, LeaderElector, LeaseConfig};
+use hostplane_controller::limits::TenantLimits;
 use hostplane_controller::provision::adopted;
 use hostplane_controller::provision::etcd::SharedEtcdFiles;
 use hostplane_controller::reconcile::{self, Context};
@@ -40,6 +41,10 @@ pub struct ControllerOptions {
     /// ControlPlanes reconciled at once.
     #[arg(long, env = "HOSTPLANE_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
+    /// Tenants (processes runtime) whose processes start at once; the rest wait their turn in
+    /// the order they came. 0: one per CPU, since a starting kube-apiserver keeps a core busy.
+    #[arg(long, env = "HOSTPLANE_MAX_STARTING_TENANTS", default_value_t = 0)]
+    pub max_starting_tenants: usize,
     /// Address (host:port) of the SNI proxy as people dial it (`hostplane proxy`); when set,
     /// handed-out kubeconfigs point there and name their tenant by TLS server name.
     #[arg(long, env = "HOSTPLANE_PROXY_ADDRESS")]
@@ -72,9 +77,62 @@ pub struct ControllerOptions {
         default_value_t = 0
     )]
     pub ca_rotation_overlap_seconds: u64,
+    /// Sample every tenant's usage (CPU, memory, datastore, API requests) this often, in
+    /// seconds, into its status.usage (`hostplane usage`) and the hostplane_tenant_* metrics.
+    /// 0 turns sampling off.
+    #[arg(long, env = "HOSTPLANE_USAGE_INTERVAL_SECONDS", default_value_t = 30)]
+    pub usage_interval_seconds: u64,
     /// Last: its help heading applies to the options after it.
     #[command(flatten)]
     pub shared_etcd: SharedEtcdOptions,
+    /// After `shared_etcd`, with a heading of its own.
+    #[command(flatten)]
+    pub limits: TenantLimitOptions,
+}
+
+/// Defaults of `spec.limits`: what a tenant gets when its ControlPlane leaves a limit out.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Tenant limits")]
+pub struct TenantLimitOptions {
+    /// Bytes of live data (keys and values) a tenant may keep in its datastore; at the limit it
+    /// turns read-only (creates and updates refused, condition QuotaExceeded) until it is below
+    /// 95% of it again.
+    #[arg(long, env = "HOSTPLANE_DEFAULT_MAX_STORAGE_BYTES", default_value_t = TenantLimits::default().max_storage_bytes, value_parser = clap::value_parser!(i64).range(1024 * 1024..))]
+    pub default_max_storage_bytes: i64,
+    /// The tenant API server's --max-requests-inflight (read-only requests at once).
+    #[arg(long, env = "HOSTPLANE_DEFAULT_MAX_REQUESTS_INFLIGHT", default_value_t = TenantLimits::default().max_requests_inflight, value_parser = clap::value_parser!(i32).range(1..=10000))]
+    pub default_max_requests_inflight: i32,
+    /// The tenant API server's --max-mutating-requests-inflight.
+    #[arg(long, env = "HOSTPLANE_DEFAULT_MAX_MUTATING_REQUESTS_INFLIGHT", default_value_t = TenantLimits::default().max_mutating_requests_inflight, value_parser = clap::value_parser!(i32).range(1..=10000))]
+    pub default_max_mutating_requests_inflight: i32,
+    /// Connections a tenant may hold to the shared Postgres: its role's CONNECTION LIMIT (its
+    /// Kine's pool keeps a quarter of it free).
+    #[arg(long, env = "HOSTPLANE_DEFAULT_MAX_DATASTORE_CONNECTIONS", default_value_t = TenantLimits::default().max_datastore_connections, value_parser = clap::value_parser!(i32).range(8..=1000))]
+    pub default_max_datastore_connections: i32,
+    /// Longest a tenant's datastore statement may run on the shared Postgres, in seconds (its
+    /// role's statement_timeout).
+    #[arg(long, env = "HOSTPLANE_DEFAULT_STATEMENT_TIMEOUT_SECONDS", default_value_t = TenantLimits::default().statement_timeout_seconds, value_parser = clap::value_parser!(i32).range(1..=3600))]
+    pub default_statement_timeout_seconds: i32,
+
+    /// CPU each tenant's control plane processes may use together, in millicores (1000 = one
+    /// core), unless its spec.limits.maxCpuMillicores says otherwise; unset: unlimited. Enforced
+    /// with a cgroup per tenant (cgroup v2 cpu.max or v1 cpu.cfs_quota_us) by the processes
+    /// runtime, as a CPU limit on the containers by the pods runtime.
+    #[arg(long, env = "HOSTPLANE_DEFAULT_MAX_CPU_MILLICORES", value_parser = clap::value_parser!(i32).range(100..=256000))]
+    pub default_max_cpu_millicores: Option<i32>,
+}
+
+impl TenantLimitOptions {
+    fn limits(&self) -> TenantLimits {
+        TenantLimits {
+            max_storage_bytes: self.default_max_storage_bytes,
+            max_requests_inflight: self.default_max_requests_inflight,
+            max_mutating_requests_inflight: self.default_max_mutating_requests_inflight,
+            max_datastore_connections: self.default_max_datastore_connections,
+            statement_timeout_seconds: self.default_statement_timeout_seconds,
+            max_cpu_millicores: self.default_max_cpu_millicores,
+        }
+    }
 }
 
 /// The shared etcd, for `backend: shared` tenants.
@@ -320,6 +378,9 @@ impl ControllerOptions {
         config.health_interval = Duration::from_secs(self.health_check_seconds.max(1));
         config.leaf_validity = Duration::from_secs(self.leaf_cert_seconds.max(60));
         config.concurrency = self.concurrency.max(1);
+        if self.max_starting_tenants > 0 {
+            config.max_starting_tenants = self.max_starting_tenants;
+        }
         config.proxy = self.proxy_address.clone().map(|address| ProxyAccess {
             address,
             domain: self.tenant_domain.clone(),
@@ -329,6 +390,9 @@ impl ControllerOptions {
         config.hook_timeout = Duration::from_secs(self.hook_timeout_seconds.max(1));
         config.ca_rotation_overlap =
             Some(Duration::from_secs(self.ca_rotation_overlap_seconds)).filter(|d| !d.is_zero());
+        config.usage_interval =
+            Some(Duration::from_secs(self.usage_interval_seconds)).filter(|d| !d.is_zero());
+        config.default_limits = self.limits.limits();
         Ok(config)
     }
 }

@@ -2,6 +2,7 @@ pub mod controller;
 pub mod manage;
 pub mod proxy;
 pub mod up;
+pub mod usage;
 
 use std::path::PathBuf;
 use std::time::Instant;

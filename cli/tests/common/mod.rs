@@ -113,6 +113,13 @@ impl ControllerProcess {
         None
     }
 
+    /// True while the controller process runs (false once it exited, e.g. crashed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -120,6 +127,19 @@ impl ControllerProcess {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The state dirs of the tenants the controller runs (`<name>-<uid prefix>`).
+    pub fn tenant_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.state_dir.join("tenants"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        dirs
     }
 
     /// Stops the controller and every tenant process it left (tests must not leak processes).

@@ -7,3 +7,4 @@ pub mod objects;
 pub mod pods;
 pub mod pods_etcd;
 pub mod processes;
+pub mod tenant_limits;

@@ -147,6 +147,7 @@ mod tests {
                 etcd: "e".into(),
             },
             token_ttl_seconds: 7200,
+            limits: crate::limits::TenantLimits::default(),
         }
     }
 

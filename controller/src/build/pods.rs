@@ -125,6 +125,17 @@ impl Resources {
     }
 }
 
+/// A CPU quantity ("250m", "2", "1.5") in millicores; `None` for other forms.
+fn millicores_of(quantity: &str) -> Option<u32> {
+    match quantity.strip_suffix('m') {
+        Some(m) => m.parse().ok(),
+        None => quantity
+            .parse::<f64>()
+            .ok()
+            .map(|cores| (cores * 1000.0).round() as u32),
+    }
+}
+
 /// Requests and limits per component.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ComponentResources {
@@ -320,6 +331,7 @@ pub(crate) fn bundle(plan: &TenantPlan, tenant: &PodsTenant<'_>) -> ControlPlane
         pki: tenant.pki,
         store: &store,
         workers: tenant.workers,
+        limits: Some(&plan.limits),
     })
 }
 
@@ -551,6 +563,16 @@ fn deployment(
                 "securityContext": container_security(),
                 "volumeMounts": mounts,
             });
+            // The tenant's CPU limit bounds its API server, where a request storm burns CPU.
+            if process.name == "kube-apiserver"
+                && let Some(millicores) = bundle.cpu_millicores
+            {
+                container["resources"]["limits"]["cpu"] = json!(format!("{millicores}m"));
+                // A request above the limit would make the pod invalid.
+                if millicores_of(&resources.requests_cpu).is_none_or(|r| r > millicores) {
+                    container["resources"]["requests"]["cpu"] = json!(format!("{millicores}m"));
+                }
+            }
             if process.name == "kube-apiserver" {
                 container["ports"] =
                     json!([{"name": "https", "containerPort": APISERVER_PORT, "protocol": "TCP"}]);
@@ -703,6 +725,7 @@ pub(crate) mod tests {
                 etcd: "/b/etcd".into(),
             },
             token_ttl_seconds: 7200,
+            limits: crate::limits::TenantLimits::default(),
         }
     }
 
@@ -738,6 +761,53 @@ pub(crate) mod tests {
                 placement,
             },
         )
+    }
+
+    #[test]
+    fn a_cpu_limit_caps_the_api_server_container_and_its_request() {
+        let mut plan = plan();
+        plan.limits.max_cpu_millicores = Some(200);
+        let objects = pods_objects(
+            &plan,
+            &PodsConfig::default(),
+            &PodsTenant {
+                pki: &pki(),
+                datastore_secret: "datastore",
+                datastore_key: "url",
+                dedicated_etcd: false,
+                workers: false,
+                placement: None,
+            },
+        );
+        let deployment = to_json(&objects.deployment);
+        let containers = deployment["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap();
+        let resources = |name: &str| {
+            containers
+                .iter()
+                .find(|c| c["name"] == name)
+                .map(|c| c["resources"].clone())
+                .unwrap()
+        };
+        assert_eq!(
+            resources("kube-apiserver"),
+            json!({"requests": {"cpu": "200m", "memory": "384Mi"}, "limits": {"cpu": "200m", "memory": "1Gi"}})
+        );
+        // The other containers keep their configured resources.
+        assert_eq!(
+            resources("kine"),
+            ComponentResources::default().kine.to_json()
+        );
+        assert_eq!(
+            [
+                millicores_of("250m"),
+                millicores_of("2"),
+                millicores_of("1.5"),
+                millicores_of("x")
+            ],
+            [Some(250), Some(2000), Some(1500), None]
+        );
     }
 
     pub(crate) fn owned_meta(name: &str) -> Value {
@@ -919,6 +989,7 @@ pub(crate) mod tests {
         );
         assert_eq!(apiserver_args[0], "--bind-address=127.0.0.1");
         apiserver_args[0] = "--bind-address=0.0.0.0".into();
+        apiserver_args.extend(crate::limits::TenantLimits::default().apiserver_args());
         let probe = |path: &str, period: u32, failures: u32| {
             json!({
                 "httpGet": {"path": path, "port": 6443, "scheme": "HTTPS"},
@@ -954,7 +1025,10 @@ pub(crate) mod tests {
                                 "name": "kine",
                                 "image": "docker.io/rancher/kine:v0.17.5",
                                 "command": ["kine"],
-                                "args": ["--listen-address=127.0.0.1:2379", "--metrics-bind-address=0"],
+                                "args": [
+                                    "--listen-address=127.0.0.1:2379", "--metrics-bind-address=0",
+                                    "--datastore-max-open-connections=15", "--datastore-max-idle-connections=8",
+                                ],
                                 "env": [
                                     {"name": "KINE_ENDPOINT", "valueFrom": {"secretKeyRef": {"key": "url", "name": "datastore"}}},
                                     {"name": "GOGC", "value": "50"}

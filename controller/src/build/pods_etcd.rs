@@ -455,7 +455,7 @@ mod tests {
                                     "--peer-key-file=/etc/kubernetes/pki/etcd/peer.key",
                                     "--auto-compaction-mode=periodic",
                                     "--auto-compaction-retention=10m",
-                                    "--quota-backend-bytes=1073741824",
+                                    "--quota-backend-bytes=1342177280",
                                     "--snapshot-count=5000",
                                     "--bootstrap-defrag-threshold-megabytes=64",
                                     "--listen-metrics-urls=http://0.0.0.0:2381"
@@ -569,6 +569,7 @@ mod tests {
             "--etcd-certfile=/etc/kubernetes/pki/apiserver-etcd-client.crt".to_string(),
             "--etcd-keyfile=/etc/kubernetes/pki/apiserver-etcd-client.key".to_string(),
         ]);
+        apiserver_args.extend(crate::limits::TenantLimits::default().apiserver_args());
         let pod = &mut expected["spec"]["template"]["spec"];
         let containers = pod["containers"].as_array_mut().unwrap();
         assert_eq!(containers.remove(0)["name"], "kine");

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::build::kubeconfig::{self, Credential};
+use crate::limits::TenantLimits;
 use crate::pki::PkiFiles;
 use crate::upstream::ReleaseBinaries;
 
@@ -81,6 +82,9 @@ pub struct ProcessSpec {
 pub struct ControlPlaneBundle {
     pub files: BTreeMap<PathBuf, Vec<u8>>,
     pub processes: Vec<ProcessSpec>,
+    /// CPU bandwidth of all the processes together, in millicores; `None` unlimited. Not part
+    /// of the fingerprint: a new limit applies to the running processes.
+    pub cpu_millicores: Option<u32>,
 }
 
 impl ControlPlaneBundle {
@@ -147,6 +151,9 @@ pub struct BundleInput<'a> {
     pub store: &'a Store,
     /// The tenant has worker nodes: it runs kube-scheduler too.
     pub workers: bool,
+    /// The tenant's limits (inflight flags, Kine's pool, etcd's quota); `None` for the embedded
+    /// and test hosts, which run with the upstream defaults.
+    pub limits: Option<&'a TenantLimits>,
 }
 
 /// Go's GC target for tenant processes: collecting at 50% heap growth instead of 100% cuts an
@@ -220,8 +227,8 @@ const EXTERNAL_ETCD_FILES: [&str; 3] =
 mod dedicated_etcd {
     /// kube-apiserver compacts every 5 minutes; this is the etcd's own backstop.
     pub const COMPACTION_RETENTION: &str = "10m";
-    /// 1 GiB, half etcd's default: a runaway tenant meets the read-only alarm long before it
-    /// fills the host's disk, and a normal one never comes near it.
+    /// Without tenant limits (never for a tenant: see `TenantLimits::etcd_quota_backend_bytes`):
+    /// 1 GiB, half etcd's default.
     pub const QUOTA_BACKEND_BYTES: &str = "1073741824";
     /// Raft entries kept in memory between snapshots (default 10000): fewer for a small tenant.
     pub const SNAPSHOT_COUNT: &str = "5000";
@@ -246,14 +253,17 @@ fn datastore_processes(
             format!("--etcd-keyfile={}", pki("apiserver-etcd-client.key")),
         ]
     };
-    let kine = |endpoint: String| ProcessSpec {
+    let kine = |endpoint: String, pool: Vec<String>| ProcessSpec {
         name: "kine",
         program: input.release.kine.clone(),
-        args: vec![
+        args: [
             format!("--listen-address=127.0.0.1:{}", input.ports.kine),
             // Kine serves metrics on :8080 by default, which every tenant would fight over.
             "--metrics-bind-address=0".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(pool)
+        .collect(),
         env: vec![
             ("KINE_ENDPOINT".into(), endpoint),
             ("GOGC".into(), TENANT_GOGC.into()),
@@ -265,14 +275,24 @@ fn datastore_processes(
         // Kine's own default SQLite options; `_txlock=immediate` matters most: without it the
         // pure-Go driver loses concurrent write transactions that Kine reports as committed.
         Store::Sqlite => (
-            Some(kine(format!(
-                "sqlite://{}?_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate",
-                dir.join("kine/state.db").display()
-            ))),
+            Some(kine(
+                format!(
+                    "sqlite://{}?_journal_mode=WAL&_busy_timeout=30000&_synchronous=NORMAL&_txlock=immediate",
+                    dir.join("kine/state.db").display()
+                ),
+                vec![],
+            )),
             kine_url,
             vec![],
         ),
-        Store::Postgres { url } => (Some(kine(url.clone())), kine_url, vec![]),
+        // The pool stays below the role's CONNECTION LIMIT (`TenantLimits::kine_pool`).
+        Store::Postgres { url } => {
+            let pool = input
+                .limits
+                .map(|l| l.kine_pool().args())
+                .unwrap_or_default();
+            (Some(kine(url.clone(), pool)), kine_url, vec![])
+        }
         Store::DedicatedEtcd => {
             let client_url = format!("https://127.0.0.1:{}", input.ports.etcd_client);
             let peer_url = format!("https://127.0.0.1:{}", input.ports.etcd_peer);
@@ -306,7 +326,11 @@ fn datastore_processes(
                     ),
                     format!(
                         "--quota-backend-bytes={}",
-                        dedicated_etcd::QUOTA_BACKEND_BYTES
+                        input
+                            .limits
+                            .map_or(dedicated_etcd::QUOTA_BACKEND_BYTES.to_string(), |l| l
+                                .etcd_quota_backend_bytes()
+                                .to_string())
                     ),
                     format!("--snapshot-count={}", dedicated_etcd::SNAPSHOT_COUNT),
                     format!(
@@ -395,6 +419,12 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
     let mut apiserver_args =
         kube_apiserver_args(&dir.join("pki"), input.ports.apiserver, &etcd_servers);
     apiserver_args.extend(etcd_client_args);
+    apiserver_args.extend(
+        input
+            .limits
+            .map(TenantLimits::apiserver_args)
+            .unwrap_or_default(),
+    );
     for arg in &mut apiserver_args {
         if arg.starts_with("--client-ca-file=") {
             *arg = format!("--client-ca-file={}", pki(trust_file));
@@ -454,7 +484,14 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
             after_api_ready: true,
         });
     }
-    ControlPlaneBundle { files, processes }
+    ControlPlaneBundle {
+        files,
+        processes,
+        cpu_millicores: input
+            .limits
+            .and_then(|l| l.max_cpu_millicores)
+            .and_then(|m| u32::try_from(m).ok()),
+    }
 }
 
 #[cfg(test)]
@@ -504,6 +541,7 @@ mod tests {
             pki: &pki(),
             store,
             workers,
+            limits: None,
         })
     }
 
@@ -701,6 +739,7 @@ mod tests {
             pki,
             store,
             workers: false,
+            limits: None,
         })
     }
 
@@ -889,6 +928,90 @@ mod tests {
     }
 
     #[test]
+    fn tenant_limits_set_the_inflight_flags_kines_pool_and_etcds_quota() {
+        let limits = TenantLimits {
+            max_storage_bytes: 2 << 20,
+            max_requests_inflight: 50,
+            max_mutating_requests_inflight: 25,
+            max_datastore_connections: 8,
+            statement_timeout_seconds: 60,
+            max_cpu_millicores: Some(500),
+        };
+        let with_limits = |store: &Store, pki: &PkiFiles| {
+            control_plane_bundle(&BundleInput {
+                limits: Some(&limits),
+                ..BundleInput {
+                    name: "acme",
+                    dir: Path::new("/state/acme-1"),
+                    release: &release(),
+                    ports: TenantPorts {
+                        kine: 20001,
+                        apiserver: 20002,
+                        controller_manager: 20003,
+                        etcd_client: 20004,
+                        etcd_peer: 20005,
+                    },
+                    pki,
+                    store,
+                    workers: false,
+                    limits: None,
+                }
+            })
+        };
+        let args = |b: &ControlPlaneBundle, name: &str| {
+            b.processes
+                .iter()
+                .find(|p| p.name == name)
+                .unwrap()
+                .args
+                .clone()
+        };
+        let postgres = with_limits(
+            &Store::Postgres {
+                url: "postgres://x".into(),
+            },
+            &pki(),
+        );
+        assert_eq!(
+            args(&postgres, "kine"),
+            [
+                "--listen-address=127.0.0.1:20001",
+                "--metrics-bind-address=0",
+                "--datastore-max-open-connections=6",
+                "--datastore-max-idle-connections=3",
+            ]
+        );
+        assert_eq!(
+            apiserver_etcd_flags(&postgres).1,
+            [
+                "--max-requests-inflight=50",
+                "--max-mutating-requests-inflight=25"
+            ]
+        );
+        // SQLite has no connections to limit.
+        assert_eq!(
+            args(&with_limits(&Store::Sqlite, &pki()), "kine"),
+            [
+                "--listen-address=127.0.0.1:20001",
+                "--metrics-bind-address=0"
+            ]
+        );
+        let etcd = with_limits(&Store::DedicatedEtcd, &pki_with_etcd());
+        assert!(
+            args(&etcd, "etcd").contains(&format!("--quota-backend-bytes={}", 66 << 20)),
+            "{:?}",
+            args(&etcd, "etcd")
+        );
+        assert_eq!(
+            apiserver_etcd_flags(&etcd).1[3..],
+            [
+                "--max-requests-inflight=50",
+                "--max-mutating-requests-inflight=25"
+            ]
+        );
+    }
+
+    #[test]
     fn ports_files_from_before_dedicated_etcd_still_read() {
         let old: TenantPorts =
             serde_json::from_str(r#"{"kine":1,"apiserver":2,"controller_manager":3}"#).unwrap();
@@ -916,6 +1039,7 @@ mod reload_tests {
                 .map(|(p, d)| (PathBuf::from(p), d.as_bytes().to_vec()))
                 .collect(),
             processes: vec![],
+            cpu_millicores: None,
         }
     }
 

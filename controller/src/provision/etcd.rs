@@ -42,7 +42,7 @@ pub enum EtcdError {
 
 /// What an etcd error says: a gRPC status's message, or the transport error's causes (tonic
 /// alone says only "transport error").
-fn detail(e: &etcd_client::Error) -> String {
+pub(crate) fn detail(e: &etcd_client::Error) -> String {
     if let etcd_client::Error::GRpcStatus(status) = e {
         return status.message().to_string();
     }
@@ -76,7 +76,10 @@ pub fn parse_endpoints(list: &str) -> Result<Vec<String>, EtcdError> {
 }
 
 /// A client with TLS client authentication; every request is bounded by `REQUEST_TIMEOUT`.
-async fn connect(endpoints: &[String], tls: &EtcdClientTls) -> Result<Client, EtcdError> {
+pub(crate) async fn connect(
+    endpoints: &[String],
+    tls: &EtcdClientTls,
+) -> Result<Client, EtcdError> {
     let options = ConnectOptions::new()
         .with_tls(
             TlsOptions::new()
@@ -105,7 +108,7 @@ async fn connect(endpoints: &[String], tls: &EtcdClientTls) -> Result<Client, Et
 }
 
 /// Runs one request under the timeout, naming the operation in the error.
-async fn request<T>(
+pub(crate) async fn request<T>(
     endpoints: &[String],
     operation: &str,
     call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -118,7 +121,7 @@ async fn request<T>(
         })
 }
 
-fn refused(endpoints: &[String], operation: &str, e: &etcd_client::Error) -> EtcdError {
+pub(crate) fn refused(endpoints: &[String], operation: &str, e: &etcd_client::Error) -> EtcdError {
     match e {
         etcd_client::Error::GRpcStatus(_) => EtcdError::Refused {
             endpoints: endpoints.join(","),
@@ -225,6 +228,11 @@ impl SharedEtcd {
 
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
+    }
+
+    /// A client as the etcd `root` user (usage metering reads tenants' prefixes with it).
+    pub(crate) async fn root_client(&self) -> Result<Client, EtcdError> {
+        connect(&self.endpoints, &self.root).await
     }
 
     pub fn cas(&self) -> SharedEtcdCas<'_> {

@@ -3,6 +3,7 @@
 
 pub mod adopted;
 pub mod etcd;
+pub mod etcd_quota;
 pub mod hooks;
 pub mod join;
 pub mod postgres;

@@ -70,6 +70,14 @@ impl SharedPostgres {
         Ok(Self { config, host, port })
     }
 
+    /// The admin connection settings for one tenant's database (usage metering reads it as
+    /// admin, so that it never takes one of the connections the tenant role is limited to).
+    pub fn database_config(&self, database: &str) -> Config {
+        let mut config = self.config.clone();
+        config.dbname(database);
+        config
+    }
+
     pub fn target(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
@@ -200,6 +208,34 @@ pub async fn ensure_database(
     Ok(())
 }
 
+/// Statements holding the tenant role to its limits: at most `connections` sessions (Postgres
+/// answers more with "too many connections for role"), none running longer than
+/// `statement_timeout_seconds`. Both apply to sessions opened after them.
+pub fn role_limit_statements(
+    name: &str,
+    connections: i32,
+    statement_timeout_seconds: i32,
+) -> [String; 2] {
+    let role = quote_ident(name);
+    [
+        format!("ALTER ROLE {role} CONNECTION LIMIT {connections}"),
+        format!("ALTER ROLE {role} SET statement_timeout = '{statement_timeout_seconds}s'"),
+    ]
+}
+
+/// Applies `role_limit_statements` (every pass: a role edited by hand is repaired).
+pub async fn ensure_role_limits(
+    client: &Client,
+    name: &str,
+    connections: i32,
+    statement_timeout_seconds: i32,
+) -> Result<(), PostgresError> {
+    for statement in role_limit_statements(name, connections, statement_timeout_seconds) {
+        exec(client, statement).await?;
+    }
+    Ok(())
+}
+
 /// Drops the tenant's database and role; a missing one is not an error (resumable teardown).
 pub async fn drop_database(client: &Client, name: &str) -> Result<(), PostgresError> {
     let ident = quote_ident(name);
@@ -248,6 +284,17 @@ mod tests {
         );
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn the_role_is_limited_in_connections_and_statement_time() {
+        assert_eq!(
+            role_limit_statements("hp_ab", 20, 60),
+            [
+                "ALTER ROLE \"hp_ab\" CONNECTION LIMIT 20",
+                "ALTER ROLE \"hp_ab\" SET statement_timeout = '60s'"
+            ]
+        );
     }
 
     #[test]

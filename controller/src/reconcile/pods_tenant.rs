@@ -132,6 +132,7 @@ pub(super) async fn provision(
             .unwrap_or_default(),
         hooks_recheck_in: None,
         unreachable: Some(message),
+        quota: None,
     }))
 }
 

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::build::processes::{ControlPlaneBundle, ProcessSpec, TenantPorts};
+use crate::runtime::cgroup::CpuGroups;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -35,6 +36,19 @@ pub enum RuntimeError {
     Ports(std::io::Error),
 }
 
+impl RuntimeError {
+    /// The condition and Event reason: a full disk is named as such, since the fix (free space
+    /// under the state dir) is the operator's and nothing is wrong with the tenant itself.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::StateDir { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => {
+                "StateDirFull"
+            }
+            _ => "RuntimeFailed",
+        }
+    }
+}
+
 /// How long a process may take to exit after SIGTERM before it gets SIGKILL.
 const TERMINATE_GRACE: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -43,9 +57,11 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 struct TenantProcesses {
     fingerprint: String,
-    stop: watch::Sender<bool>,
     api_ready: watch::Sender<bool>,
-    supervisors: Vec<JoinHandle<()>>,
+    /// In start order (datastore, API server, its clients), each with its own stop signal:
+    /// stopped in reverse, since an API server whose datastore went first hangs in its
+    /// shutdown until it is killed.
+    supervisors: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 /// Supervises the processes of every tenant this controller runs.
@@ -54,6 +70,8 @@ pub struct ProcessRuntime {
     tenants: Mutex<HashMap<String, TenantProcesses>>,
     /// One `ensure` or `stop` at a time: they write the same files and pid files.
     changes: tokio::sync::Mutex<()>,
+    /// Where tenants' CPU limits are enforced; `None` leaves processes in the controller's group.
+    cpu: Option<CpuGroups>,
 }
 
 impl ProcessRuntime {
@@ -63,6 +81,29 @@ impl ProcessRuntime {
             root: root.into(),
             tenants: Mutex::default(),
             changes: tokio::sync::Mutex::default(),
+            cpu: None,
+        }
+    }
+
+    /// Enforces each bundle's `cpu_millicores` with a control group per tenant.
+    pub fn with_cpu_groups(mut self, groups: CpuGroups) -> Self {
+        self.cpu = Some(groups);
+        self
+    }
+
+    /// Creates or updates the tenant's CPU group; a failure is logged, never fatal (the tenant
+    /// runs, unlimited, and says so in the log).
+    fn limit_cpu(&self, key: &str, bundle: &ControlPlaneBundle) -> Option<TenantGroup> {
+        let groups = self.cpu.as_ref()?;
+        match groups.limit(key, bundle.cpu_millicores) {
+            Ok(()) => Some(TenantGroup {
+                groups: groups.clone(),
+                tenant: key.to_string(),
+            }),
+            Err(e) => {
+                warn!(tenant = key, error = %e, "cannot set the tenant's CPU limit; its processes run without one");
+                None
+            }
         }
     }
 
@@ -125,13 +166,15 @@ impl ProcessRuntime {
     /// caller's to check (through the tenant API server).
     pub async fn ensure(&self, key: &str, bundle: &ControlPlaneBundle) -> Result<(), RuntimeError> {
         let _serialized = self.changes.lock().await;
+        // A changed limit applies at once, without restarting anything.
+        let cpu_group = self.limit_cpu(key, bundle);
         let fingerprint = bundle.fingerprint();
         let previous = {
             let mut tenants = self.tenants.lock().expect("runtime lock");
             match tenants.get(key) {
                 Some(t)
                     if t.fingerprint == fingerprint
-                        && t.supervisors.iter().all(|s| !s.is_finished()) =>
+                        && t.supervisors.iter().all(|(_, s)| !s.is_finished()) =>
                 {
                     // The same processes; renewed leaves they re-read still go to disk.
                     drop(tenants);
@@ -156,30 +199,34 @@ impl ProcessRuntime {
         let fingerprint_path = dir.join("fingerprint");
         let adoptable = std::fs::read_to_string(&fingerprint_path).ok().as_deref()
             == Some(fingerprint.as_str());
-        write_private_file(&fingerprint_path, fingerprint.as_bytes())
-            .map_err(Self::io_err(&fingerprint_path))?;
+        // Only when it changed: adopting running processes needs no free space.
+        if !adoptable {
+            write_private_file(&fingerprint_path, fingerprint.as_bytes())
+                .map_err(Self::io_err(&fingerprint_path))?;
+        }
 
-        let (stop, stop_rx) = watch::channel(false);
         let (api_ready, api_ready_rx) = watch::channel(false);
         let supervisors = bundle
             .processes
             .iter()
             .map(|spec| {
-                tokio::spawn(supervise(
+                let (stop, stop_rx) = watch::channel(false);
+                let task = tokio::spawn(supervise(
                     key.to_string(),
                     spec.clone(),
                     dir.clone(),
                     adoptable,
-                    stop_rx.clone(),
+                    cpu_group.clone(),
+                    stop_rx,
                     api_ready_rx.clone(),
-                ))
+                ));
+                (stop, task)
             })
             .collect();
         self.tenants.lock().expect("runtime lock").insert(
             key.to_string(),
             TenantProcesses {
                 fingerprint,
-                stop,
                 api_ready,
                 supervisors,
             },
@@ -242,6 +289,11 @@ impl ProcessRuntime {
     /// state dir. Safe to call again after a crash half way.
     pub async fn remove(&self, key: &str) -> Result<(), RuntimeError> {
         self.stop(key).await;
+        if let Some(groups) = &self.cpu
+            && let Err(e) = groups.remove(key)
+        {
+            warn!(tenant = key, error = %e, "cannot remove the tenant's CPU group");
+        }
         let dir = self.tenant_dir(key);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -260,8 +312,17 @@ impl ProcessRuntime {
         if let Some(t) = supervised {
             stop_supervisors(t).await;
         }
-        // Processes a previous controller started and this one never adopted.
-        for (_, pid) in self.pids(key) {
+        // Processes a previous controller started and this one never adopted (the datastore
+        // last, as in `stop_supervisors`), then any it was killed too early to record in a pid
+        // file (all of them run in the tenant dir).
+        let mut recorded = self.pids(key);
+        recorded.sort_by_key(|(name, _)| match name.as_str() {
+            "kine" | "etcd" => 2,
+            "kube-apiserver" => 1,
+            _ => 0,
+        });
+        let unrecorded = processes_in(&self.tenant_dir(key));
+        for pid in recorded.into_iter().map(|(_, pid)| pid).chain(unrecorded) {
             terminate_pid(pid).await;
         }
     }
@@ -270,7 +331,7 @@ impl ProcessRuntime {
     #[cfg(test)]
     fn abandon(&self) {
         for (_, t) in self.tenants.lock().expect("runtime lock").drain() {
-            t.supervisors.iter().for_each(JoinHandle::abort);
+            t.supervisors.iter().for_each(|(_, s)| s.abort());
         }
     }
 
@@ -290,9 +351,9 @@ impl ProcessRuntime {
 }
 
 async fn stop_supervisors(t: TenantProcesses) {
-    let _ = t.stop.send(true);
-    for s in t.supervisors {
-        let _ = s.await;
+    for (stop, supervisor) in t.supervisors.into_iter().rev() {
+        let _ = stop.send(true);
+        let _ = supervisor.await;
     }
 }
 
@@ -301,27 +362,61 @@ enum Running {
     Adopted(u32),
 }
 
+/// A tenant's CPU group, for its supervisors to move their processes into.
+#[derive(Clone)]
+struct TenantGroup {
+    groups: CpuGroups,
+    tenant: String,
+}
+
+impl TenantGroup {
+    fn place(&self, process: &str, pid: u32) {
+        if let Err(e) = self.groups.place(&self.tenant, pid) {
+            warn!(tenant = %self.tenant, process, pid, error = %e, "cannot move the process into the tenant's CPU group");
+        }
+    }
+}
+
 /// Keeps one process running until told to stop.
 async fn supervise(
     tenant: String,
     spec: ProcessSpec,
     dir: PathBuf,
     adoptable: bool,
+    cpu_group: Option<TenantGroup>,
     mut stop: watch::Receiver<bool>,
     mut api_ready: watch::Receiver<bool>,
 ) {
+    let place = |pid: u32| {
+        if let Some(group) = &cpu_group {
+            group.place(spec.name, pid);
+        }
+    };
     let pidfile = dir.join(format!("{}.pid", spec.name));
-    let mut current = match read_pid(&pidfile) {
-        Some(pid) if is_alive(pid) && adoptable && argv_matches(pid, &spec) => {
+    // A controller killed between starting a process and writing its pid file leaves it
+    // running unrecorded: found by its argv and working dir, so it is never started twice.
+    let running = read_pid(&pidfile)
+        .filter(|pid| is_alive(*pid) && argv_matches(*pid, &spec))
+        .or_else(|| {
+            processes_in(&dir)
+                .into_iter()
+                .find(|pid| argv_matches(*pid, &spec))
+        });
+    let mut current = match running {
+        Some(pid) if adoptable => {
             info!(%tenant, process = spec.name, pid, "adopted running process");
+            place(pid);
+            if read_pid(&pidfile) != Some(pid) {
+                let _ = write_private_file(&pidfile, pid.to_string().as_bytes());
+            }
             Some(Running::Adopted(pid))
         }
-        Some(pid) if is_alive(pid) && argv_matches(pid, &spec) => {
+        Some(pid) => {
             // Same argv but other files: it must restart to read them.
             terminate_pid(pid).await;
             None
         }
-        _ => None,
+        None => None,
     };
     if current.is_none() && spec.after_api_ready {
         let ready = async {
@@ -342,10 +437,21 @@ async fn supervise(
         }
         match current.take() {
             None => match spawn(&spec, &dir) {
-                Ok(child) => {
+                Ok(mut child) => {
                     let pid = child.id().unwrap_or_default();
-                    let _ = write_private_file(&pidfile, pid.to_string().as_bytes());
+                    if let Err(e) = write_private_file(&pidfile, pid.to_string().as_bytes()) {
+                        // Unrecorded, the next controller would not find it by its pid file:
+                        // stopped rather than left to be started a second time.
+                        warn!(%tenant, process = spec.name, error = %e, "cannot record its pid; stopping it and retrying in {backoff:?}");
+                        terminate_child(&mut child).await;
+                        if wait_or_stop(&mut stop, backoff).await {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
                     info!(%tenant, process = spec.name, pid, "started");
+                    place(pid);
                     current = Some(Running::Own(child));
                 }
                 Err(e) => {
@@ -462,6 +568,23 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
+/// Live processes whose working directory is `dir` (every tenant process runs in its tenant
+/// dir, which the controller alone creates).
+fn processes_in(dir: &Path) -> Vec<u32> {
+    // /proc names the working dir by its canonical path.
+    let (Ok(dir), Ok(entries)) = (dir.canonicalize(), std::fs::read_dir("/proc")) else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == *dir)
+                && is_alive(*pid)
+        })
+        .collect()
+}
+
 /// True when the process runs exactly this program with exactly these arguments: a pid that
 /// was recycled for something else is never adopted.
 fn argv_matches(pid: u32, spec: &ProcessSpec) -> bool {
@@ -490,15 +613,22 @@ fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
+    let written = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(data)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        // On a full disk a half-written temporary file would hold on to the space it took.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// N distinct free loopback ports, held open together so they differ from each other.
@@ -529,6 +659,7 @@ mod tests {
                 env: vec![("SECRET".into(), dir.display().to_string())],
                 after_api_ready: false,
             }],
+            cpu_millicores: None,
         }
     }
 
@@ -577,6 +708,47 @@ mod tests {
         rt2.remove("t1").await.unwrap();
         assert!(!is_alive(second));
         assert!(!tmp.path().join("t1").exists());
+    }
+
+    #[tokio::test]
+    async fn a_process_whose_pid_was_never_recorded_is_adopted_and_stopped_not_duplicated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bundle = sleeper(tmp.path(), "300");
+        let pidfile = tmp.path().join("t6/sleeper.pid");
+        let rt = ProcessRuntime::new(tmp.path());
+        rt.ensure("t6", &bundle).await.unwrap();
+        let pid = pid_of(&rt, "t6").await;
+
+        // A controller killed between starting the process and writing its pid file.
+        rt.abandon();
+        std::fs::remove_file(&pidfile).unwrap();
+        let rt2 = ProcessRuntime::new(tmp.path());
+        rt2.ensure("t6", &bundle).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(rt2.pids("t6"), vec![("sleeper".to_string(), pid)]);
+        assert_eq!(processes_in(&tmp.path().join("t6")), vec![pid]);
+
+        // And the same crash before a teardown: the process still goes with its tenant.
+        rt2.abandon();
+        std::fs::remove_file(&pidfile).unwrap();
+        ProcessRuntime::new(tmp.path()).remove("t6").await.unwrap();
+        assert!(!is_alive(pid));
+    }
+
+    #[test]
+    fn a_full_disk_is_named_in_the_reason() {
+        let error = |kind| RuntimeError::StateDir {
+            path: "/state/t1/ports.json".into(),
+            source: std::io::Error::from(kind),
+        };
+        assert_eq!(
+            error(std::io::ErrorKind::StorageFull).reason(),
+            "StateDirFull"
+        );
+        assert_eq!(
+            error(std::io::ErrorKind::PermissionDenied).reason(),
+            "RuntimeFailed"
+        );
     }
 
     #[tokio::test]

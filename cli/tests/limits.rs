@@ -1,0 +1,574 @@
+//! End to end: tenant limits (`spec.limits`) through the `hostplane controller` binary, with real
+//! Postgres, etcd, Kine and kube-apiserver processes on loopback — a tenant over its storage
+//! quota turns read-only with a message that says why and what to do, and writable again when
+//! it deletes; its API server runs with its inflight limits and its users' priority level; its
+//! Postgres role is held to its connection limit.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hostplane_crds::ControlPlane;
+use hostplane_tests::{Binaries, Postgres};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(240);
+/// From a write past the limit (or a delete under it) to the policy following it: a usage sample,
+/// a pass, the API server's policy informer.
+const QUOTA_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Frequent passes and samples keep the scenario short.
+const ENV: [(&str, &str); 2] = [
+    ("HOSTPLANE_HEALTH_CHECK_SECONDS", "2"),
+    ("HOSTPLANE_USAGE_INTERVAL_SECONDS", "2"),
+];
+
+fn host_kubectl(bed: &ControllerBed, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let out = match stdin {
+        Some(input) => bed.host.run_kubectl_with_stdin(args, input),
+        None => bed.host.run_kubectl(args),
+    };
+    (out.success(), out.combined())
+}
+
+async fn create_tenant(bed: &ControllerBed, name: &str, extra_spec: &str) -> ControlPlane {
+    let yaml = format!(
+        "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: {name}\nspec:\n  type: k8s\n{extra_spec}"
+    );
+    let (ok, out) = host_kubectl(bed, &["apply", "-f", "-"], Some(&yaml));
+    assert!(ok, "kubectl apply failed: {out}");
+    let _logs = TenantLogsOnPanic(bed.controller.state_dir.join("tenants"));
+    wait_ready_state(&bed.cps(), name, "True", Some("Available"), READY_TIMEOUT).await
+}
+
+/// Prints the tails of the tenant processes' logs when a test fails while it lives.
+struct TenantLogsOnPanic(PathBuf);
+
+impl Drop for TenantLogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for tenant in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            for log in std::fs::read_dir(tenant.path().join("logs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(25).collect();
+                eprintln!("---- {} (last 25 lines) ----", log.path().display());
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+async fn secret_data(bed: &ControllerBed, namespace: &str, name: &str, key: &str) -> String {
+    let secret = Api::<Secret>::namespaced(bed.host.client(), namespace)
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("Secret {namespace}/{name}: {e}"));
+    String::from_utf8(secret.data.unwrap()[key].0.clone()).unwrap()
+}
+
+/// kubectl against a tenant with its handed-out kubeconfig (the tenant's admin, one of its
+/// users: the quota applies to it).
+struct TenantKubectl {
+    kubeconfig: PathBuf,
+}
+
+impl TenantKubectl {
+    async fn of(bed: &ControllerBed, name: &str) -> Self {
+        let text = secret_data(
+            bed,
+            &format!("{name}-system"),
+            "admin-kubeconfig",
+            "kubeconfig",
+        )
+        .await;
+        let kubeconfig = bed.controller.state_dir.join(format!("{name}.kubeconfig"));
+        std::fs::write(&kubeconfig, text).unwrap();
+        Self { kubeconfig }
+    }
+
+    fn run(&self, args: &[&str]) -> (bool, String) {
+        kubectl_with(&Binaries::get().kubectl, &self.kubeconfig, args)
+    }
+}
+
+fn tenant_dir(bed: &ControllerBed, cp: &ControlPlane) -> PathBuf {
+    let uid = cp.metadata.uid.clone().unwrap();
+    bed.controller.state_dir.join("tenants").join(format!(
+        "{}-{}",
+        cp.metadata.name.clone().unwrap(),
+        uid.split('-').next().unwrap()
+    ))
+}
+
+/// The command line of one of the tenant's processes, from its pid file.
+fn command_line(dir: &Path, process: &str) -> Vec<String> {
+    let pid = std::fs::read_to_string(dir.join(format!("{process}.pid"))).unwrap();
+    let raw = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap();
+    raw.split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Whether this controller samples usage itself (the usage sampler's `--usage-interval-seconds`).
+fn controller_samples_usage() -> bool {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostplane"))
+        .args(["controller", "--help"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("--usage-interval-seconds")
+}
+
+/// Stands in for the controller's usage sampler when this build has none: measures what the
+/// sampler measures and writes `status.usage` the way it does, every second, so that the quota
+/// enforcement under test reads the field it reads in production. Not the product: the quota
+/// code only ever reads `status.usage.storageBytes`.
+struct StandInSampler {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StandInSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How the stand-in measures a tenant's live storage.
+#[derive(Clone)]
+enum Measure {
+    /// Keys and values of the newest, undeleted row of every key in the tenant's Kine table.
+    Kine { admin_dsn: String },
+    /// A dedicated etcd's data in use (its `dbSizeInUse`), through etcdctl.
+    Etcd {
+        endpoint: String,
+        files: [PathBuf; 3],
+    },
+}
+
+impl Measure {
+    async fn storage(&self) -> Option<(i64, i64)> {
+        match self {
+            Measure::Kine { admin_dsn } => {
+                let (client, connection) =
+                    tokio_postgres::connect(admin_dsn, tokio_postgres::NoTls)
+                        .await
+                        .ok()?;
+                tokio::spawn(connection);
+                let row = client
+                    .query_one(
+                        "SELECT COALESCE(SUM(octet_length(name) + COALESCE(octet_length(value), 0)), 0)::bigint, \
+                         COUNT(*) FROM kine WHERE deleted = 0 AND id IN (SELECT MAX(id) FROM kine GROUP BY name)",
+                        &[],
+                    )
+                    .await
+                    .ok()?;
+                Some((row.get(0), row.get(1)))
+            }
+            Measure::Etcd { endpoint, files } => {
+                let [ca, cert, key] = files;
+                let out = std::process::Command::new(&Binaries::get().etcdctl)
+                    .arg(format!("--endpoints={endpoint}"))
+                    .arg(format!("--cacert={}", ca.display()))
+                    .arg(format!("--cert={}", cert.display()))
+                    .arg(format!("--key={}", key.display()))
+                    .args(["--command-timeout=5s", "endpoint", "status", "-w", "json"])
+                    .output()
+                    .ok()?;
+                let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                Some((status[0]["Status"]["dbSizeInUse"].as_i64()?, 0))
+            }
+        }
+    }
+}
+
+impl StandInSampler {
+    /// `None` when the controller samples usage itself.
+    fn start(bed: &ControllerBed, name: &str, measure: Measure) -> Option<Self> {
+        if controller_samples_usage() {
+            return None;
+        }
+        eprintln!("this controller has no usage sampler: the test writes status.usage itself");
+        let cps = bed.cps();
+        let name = name.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                if let Some((storage, objects)) = measure.storage().await {
+                    let usage = serde_json::json!({
+                        "apiVersion": "tenancy.hostplane.io/v1alpha1",
+                        "kind": "ControlPlane",
+                        "status": {"usage": {
+                            "sampledTime": k8s_openapi::jiff::Timestamp::now(),
+                            "cpuSeconds": 0.0,
+                            "memoryBytes": 0,
+                            "storageBytes": storage,
+                            "objects": objects,
+                            "apiRequests": 0,
+                            "apiRequestRate": 0.0,
+                        }},
+                    });
+                    let _ = cps
+                        .patch_status(
+                            &name,
+                            &PatchParams::apply("limits-test-usage").force(),
+                            &Patch::Apply(usage),
+                        )
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Some(Self { task })
+    }
+}
+
+/// Polls the ControlPlane until `check` accepts it.
+async fn wait_cp(
+    bed: &ControllerBed,
+    name: &str,
+    what: &str,
+    mut check: impl FnMut(&ControlPlane) -> bool,
+) -> ControlPlane {
+    let deadline = Instant::now() + QUOTA_TIMEOUT;
+    loop {
+        let cp = bed.cps().get(name).await.unwrap();
+        if check(&cp) {
+            return cp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {what} within {QUOTA_TIMEOUT:?}; conditions: {:?}, usage: {:?}",
+            cp.status.as_ref().map(|s| &s.conditions),
+            cp.status.as_ref().and_then(|s| s.usage.as_ref()),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Host Events about a ControlPlane with `reason`.
+fn events(bed: &ControllerBed, name: &str, reason: &str) -> String {
+    let (ok, out) = host_kubectl(
+        bed,
+        &[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            &format!("reason={reason},involvedObject.name={name}"),
+            "-o",
+            "custom-columns=REASON:.reason,MESSAGE:.message",
+            "--no-headers",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    out
+}
+
+/// The scenario both datastores share: fill the tenant with ConfigMaps of `filler_bytes` until
+/// it refuses, check what users see, delete them and check it is writable again.
+async fn fill_until_refused_then_free(
+    bed: &ControllerBed,
+    name: &str,
+    limit: i64,
+    filler_bytes: usize,
+) {
+    let tenant = TenantKubectl::of(bed, name).await;
+    let filler = bed.controller.state_dir.join("filler");
+    // Neither Kine nor etcd compresses: any letters will do.
+    let letters: String = (0..filler_bytes)
+        .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+        .collect();
+    std::fs::write(&filler, letters).unwrap();
+    let from_file = format!("--from-file=data={}", filler.display());
+
+    // Bounded in count and time: the limit is a few fillers away.
+    let started = Instant::now();
+    let mut created: Vec<String> = Vec::new();
+    let refusal = loop {
+        assert!(
+            created.len() < 80 && started.elapsed() < QUOTA_TIMEOUT,
+            "{} ConfigMaps of {filler_bytes} bytes in {:?} and no refusal (limit {limit})",
+            created.len(),
+            started.elapsed()
+        );
+        let cm = format!("fill-{}", created.len());
+        let (ok, out) = tenant.run(&["create", "configmap", &cm, &from_file]);
+        if !ok {
+            break out;
+        }
+        created.push(cm);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    eprintln!(
+        "refused after {} ConfigMaps ({:?}): {refusal}",
+        created.len(),
+        started.elapsed()
+    );
+    assert!(
+        refusal.contains(&format!("tenant {name} is over its storage quota ("))
+            && refusal.contains(&format!(
+                " of {limit} bytes): delete objects to free space; reads and deletes still work"
+            )),
+        "unexpected refusal: {refusal}"
+    );
+
+    let cp = wait_cp(bed, name, "QuotaExceeded=True", |cp| {
+        condition(cp, "QuotaExceeded").is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    let (_, reason, message) = condition(&cp, "QuotaExceeded").unwrap();
+    assert_eq!(reason, "StorageQuotaExceeded");
+    assert!(
+        message.contains("delete objects to free space"),
+        "{message}"
+    );
+    assert_eq!(
+        condition(&cp, "Ready").map(|c| c.0),
+        Some("True".to_string()),
+        "a read-only tenant is still Ready"
+    );
+    assert!(events(bed, name, "QuotaExceeded").contains("over its storage quota"));
+
+    // Reads work; updates are refused like creates.
+    let (ok, out) = tenant.run(&["get", "configmaps", "-o", "name"]);
+    assert!(ok && out.contains("configmap/fill-0"), "{out}");
+    let (ok, out) = tenant.run(&["label", "configmap", "fill-0", "touched=yes"]);
+    assert!(
+        !ok && out.contains("over its storage quota"),
+        "an update went through: {out}"
+    );
+
+    // Deletes work, and bring the tenant back under the limit.
+    let mut delete = vec!["delete", "configmap", "--wait=false"];
+    delete.extend(created.iter().map(String::as_str));
+    let (ok, out) = tenant.run(&delete);
+    assert!(ok, "{out}");
+    let freed = Instant::now();
+    let cp = wait_cp(bed, name, "QuotaExceeded=False after deleting", |cp| {
+        condition(cp, "QuotaExceeded").is_some_and(|(s, _, _)| s == "False")
+    })
+    .await;
+    eprintln!(
+        "writable again {:?} after the delete: {:?}",
+        freed.elapsed(),
+        condition(&cp, "QuotaExceeded")
+    );
+    assert!(events(bed, name, "QuotaRestored").contains("writable again"));
+    // The policy is gone once the API server's informer has seen the delete.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ok, out) = tenant.run(&["create", "configmap", "after-quota", "--from-literal=a=b"]);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_on_shared_postgres_over_its_storage_quota_is_read_only_until_it_deletes() {
+    let postgres = Postgres::start().await;
+    let bed = ControllerBed::with(Some(postgres.admin_dsn()), &ENV).await;
+    let limit: i64 = 2 * 1024 * 1024;
+    let cp = create_tenant(
+        &bed,
+        "quota-pg",
+        &format!("  limits:\n    maxStorageBytes: {limit}\n"),
+    )
+    .await;
+    let database = cp.status.unwrap().datastore.unwrap().database.unwrap();
+    let _sampler = StandInSampler::start(
+        &bed,
+        "quota-pg",
+        Measure::Kine {
+            admin_dsn: postgres.dsn_for_database(&database),
+        },
+    );
+    fill_until_refused_then_free(&bed, "quota-pg", limit, 200 * 1024).await;
+}
+
+#[tokio::test]
+async fn a_tenant_on_a_dedicated_etcd_over_its_storage_quota_is_read_only_until_it_deletes() {
+    let bed = ControllerBed::with(None, &ENV).await;
+    let limit: i64 = 16 * 1024 * 1024;
+    let cp = create_tenant(
+        &bed,
+        "quota-etcd",
+        &format!("  backend: dedicated\n  limits:\n    maxStorageBytes: {limit}\n"),
+    )
+    .await;
+    let dir = tenant_dir(&bed, &cp);
+    let etcd = command_line(&dir, "etcd");
+    assert!(
+        etcd.contains(&format!(
+            "--quota-backend-bytes={}",
+            limit + 64 * 1024 * 1024
+        )),
+        "{etcd:?}"
+    );
+    let ports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("ports.json")).unwrap()).unwrap();
+    let mut files = Vec::new();
+    for key in [
+        "etcd-ca.crt",
+        "apiserver-etcd-client.crt",
+        "apiserver-etcd-client.key",
+    ] {
+        let path = bed.controller.state_dir.join(key);
+        std::fs::write(
+            &path,
+            secret_data(&bed, "quota-etcd-system", "k8s-certs", key).await,
+        )
+        .unwrap();
+        files.push(path);
+    }
+    let endpoint = format!("https://127.0.0.1:{}", ports["etcd_client"]);
+    let files: [PathBuf; 3] = files.try_into().unwrap();
+    let _sampler = StandInSampler::start(
+        &bed,
+        "quota-etcd",
+        Measure::Etcd {
+            endpoint: endpoint.clone(),
+            files: files.clone(),
+        },
+    );
+    // The etcd's data in use only falls once the deleted revisions are compacted: the
+    // controller compacts a read-only tenant's etcd, so this does not wait for the API
+    // server's 5-minute compaction.
+    let started = Instant::now();
+    fill_until_refused_then_free(&bed, "quota-etcd", limit, 900 * 1024).await;
+    let [ca, cert, key] = &files;
+    let old = std::process::Command::new(&Binaries::get().etcdctl)
+        .arg(format!("--endpoints={endpoint}"))
+        .arg(format!("--cacert={}", ca.display()))
+        .arg(format!("--cert={}", cert.display()))
+        .arg(format!("--key={}", key.display()))
+        .args(["get", "/registry/namespaces/default", "--rev=2"])
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(300)
+            && String::from_utf8_lossy(&old.stderr)
+                .contains("required revision has been compacted"),
+        "the controller did not compact the etcd: {}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_runs_with_its_inflight_limits_priority_level_and_connection_limit() {
+    let postgres = Postgres::start().await;
+    let bed = ControllerBed::with(Some(postgres.admin_dsn()), &ENV).await;
+    let cp = create_tenant(
+        &bed,
+        "limited",
+        "  limits:\n    maxRequestsInflight: 50\n    maxMutatingRequestsInflight: 25\n    maxDatastoreConnections: 10\n    statementTimeoutSeconds: 7\n",
+    )
+    .await;
+
+    // The API server's flags, and Kine's pool below the role's 10 connections.
+    let dir = tenant_dir(&bed, &cp);
+    let apiserver = command_line(&dir, "kube-apiserver");
+    for flag in [
+        "--max-requests-inflight=50",
+        "--max-mutating-requests-inflight=25",
+    ] {
+        assert!(apiserver.contains(&flag.to_string()), "{apiserver:?}");
+    }
+    let kine = command_line(&dir, "kine");
+    for flag in [
+        "--datastore-max-open-connections=8",
+        "--datastore-max-idle-connections=4",
+    ] {
+        assert!(kine.contains(&flag.to_string()), "{kine:?}");
+    }
+
+    // The tenant's users have a queued priority level, one flow per user; the admin's
+    // requests are classified into it (the API server says so in response headers).
+    let tenant = TenantKubectl::of(&bed, "limited").await;
+    let (ok, out) = tenant.run(&[
+        "get",
+        "prioritylevelconfiguration",
+        "hostplane-tenant-users",
+        "-o",
+        "jsonpath={.spec.type} {.spec.limited.limitResponse.type}",
+    ]);
+    assert_eq!((ok, out.as_str()), (true, "Limited Queue"), "{out}");
+    let (ok, out) = tenant.run(&[
+        "get",
+        "flowschemas",
+        "hostplane-tenant-admin",
+        "hostplane-tenant-users",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.spec.distinguisherMethod.type}/{.spec.matchingPrecedence} {end}",
+    ]);
+    assert_eq!(
+        (ok, out.trim()),
+        (
+            true,
+            "hostplane-tenant-admin=ByUser/850 hostplane-tenant-users=ByUser/8000"
+        ),
+        "{out}"
+    );
+    let (ok, level_uid) = tenant.run(&[
+        "get",
+        "prioritylevelconfiguration",
+        "hostplane-tenant-users",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    assert!(ok, "{level_uid}");
+    let (ok, verbose) = tenant.run(&["get", "namespaces", "-v=8"]);
+    assert!(ok, "{verbose}");
+    assert!(
+        verbose
+            .to_ascii_lowercase()
+            .contains(&format!("x-kubernetes-pf-prioritylevel-uid: {level_uid}")),
+        "the admin's request was not classified into the tenant users' level {level_uid}:\n{verbose}"
+    );
+
+    // The role's sessions: Kine holds some; past the limit of 10, Postgres refuses.
+    let url = secret_data(&bed, "limited-system", "datastore", "url").await;
+    let mut sessions = Vec::new();
+    let refusal = loop {
+        assert!(
+            sessions.len() < 15,
+            "{} sessions of a role limited to 10",
+            sessions.len()
+        );
+        match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                sessions.push(client);
+            }
+            Err(e) => break e,
+        }
+    };
+    let message = refusal
+        .as_db_error()
+        .map(|db| db.message().to_string())
+        .unwrap_or_else(|| refusal.to_string());
+    assert!(
+        message.starts_with("too many connections for role \"hp_"),
+        "{message}"
+    );
+    assert!(!sessions.is_empty() && sessions.len() <= 10);
+    let timeout: String = sessions[0]
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(timeout, "7s");
+}
