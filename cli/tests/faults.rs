@@ -314,7 +314,8 @@ impl ReadyWatch {
             } else {
                 assert!(
                     !(self.check_kept && self.seen_ready.contains(&name)),
-                    "{name} was Ready and is reported down after a controller restart: {:?}",
+                    "{name} was Ready and is reported down, though only the controller was \
+                     killed, never a tenant process: {:?}",
                     condition(cp, "Ready")
                 );
             }
@@ -370,7 +371,18 @@ async fn controller_killed_at_random_points_of_provisioning_and_teardown_converg
     let profile = Profile::get();
     let mut rng = Rng::seeded();
     let postgres = Postgres::start().await;
-    let mut bed = ControllerBed::with(Some(postgres.admin_dsn()), &[HEALTH_CHECK]).await;
+    // The tenants' roles share the harness Postgres's 300 connections as an operator would size
+    // them (the default of 64 per tenant would exhaust it with a handful of busy tenants, and
+    // the controller's own connection then fails with "too many clients").
+    let connections = (280 / profile.tenants).clamp(8, 64).to_string();
+    let mut bed = ControllerBed::with(
+        Some(postgres.admin_dsn()),
+        &[
+            HEALTH_CHECK,
+            ("HOSTPLANE_DEFAULT_MAX_DATASTORE_CONNECTIONS", &connections),
+        ],
+    )
+    .await;
     let state_dir = bed.controller.state_dir.clone();
     let before = Census::take(&bed.host, &state_dir, Some(&postgres)).await;
     assert_eq!(before, Census::default(), "leftovers before the test");
@@ -403,10 +415,14 @@ async fn controller_killed_at_random_points_of_provisioning_and_teardown_converg
     for name in &names {
         cps.push(bed.cps().get(name).await.unwrap());
     }
+    let sessions = postgres
+        .query_strings(r"SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'hp\_%'")
+        .await;
     eprintln!(
-        "faults: {} tenants Ready {:.1}s after creation",
+        "faults: {} tenants Ready {:.1}s after creation ({} tenant sessions on Postgres)",
         names.len(),
-        provisioning.elapsed().as_secs_f64()
+        provisioning.elapsed().as_secs_f64(),
+        sessions[0]
     );
 
     // One database, one role, one of each process, one state dir, one namespace per tenant.

@@ -13,7 +13,7 @@ use common::*;
 use hostplane_crds::ControlPlane;
 use hostplane_tests::{Binaries, Postgres};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
 /// From a write past the limit (or a delete under it) to the policy following it: a usage sample,
@@ -119,117 +119,6 @@ fn command_line(dir: &Path, process: &str) -> Vec<String> {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect()
-}
-
-/// Whether this controller samples usage itself (the usage sampler's `--usage-interval-seconds`).
-fn controller_samples_usage() -> bool {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostplane"))
-        .args(["controller", "--help"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("--usage-interval-seconds")
-}
-
-/// Stands in for the controller's usage sampler when this build has none: measures what the
-/// sampler measures and writes `status.usage` the way it does, every second, so that the quota
-/// enforcement under test reads the field it reads in production. Not the product: the quota
-/// code only ever reads `status.usage.storageBytes`.
-struct StandInSampler {
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for StandInSampler {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// How the stand-in measures a tenant's live storage.
-#[derive(Clone)]
-enum Measure {
-    /// Keys and values of the newest, undeleted row of every key in the tenant's Kine table.
-    Kine { admin_dsn: String },
-    /// A dedicated etcd's data in use (its `dbSizeInUse`), through etcdctl.
-    Etcd {
-        endpoint: String,
-        files: [PathBuf; 3],
-    },
-}
-
-impl Measure {
-    async fn storage(&self) -> Option<(i64, i64)> {
-        match self {
-            Measure::Kine { admin_dsn } => {
-                let (client, connection) =
-                    tokio_postgres::connect(admin_dsn, tokio_postgres::NoTls)
-                        .await
-                        .ok()?;
-                tokio::spawn(connection);
-                let row = client
-                    .query_one(
-                        "SELECT COALESCE(SUM(octet_length(name) + COALESCE(octet_length(value), 0)), 0)::bigint, \
-                         COUNT(*) FROM kine WHERE deleted = 0 AND id IN (SELECT MAX(id) FROM kine GROUP BY name)",
-                        &[],
-                    )
-                    .await
-                    .ok()?;
-                Some((row.get(0), row.get(1)))
-            }
-            Measure::Etcd { endpoint, files } => {
-                let [ca, cert, key] = files;
-                let out = std::process::Command::new(&Binaries::get().etcdctl)
-                    .arg(format!("--endpoints={endpoint}"))
-                    .arg(format!("--cacert={}", ca.display()))
-                    .arg(format!("--cert={}", cert.display()))
-                    .arg(format!("--key={}", key.display()))
-                    .args(["--command-timeout=5s", "endpoint", "status", "-w", "json"])
-                    .output()
-                    .ok()?;
-                let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-                Some((status[0]["Status"]["dbSizeInUse"].as_i64()?, 0))
-            }
-        }
-    }
-}
-
-impl StandInSampler {
-    /// `None` when the controller samples usage itself.
-    fn start(bed: &ControllerBed, name: &str, measure: Measure) -> Option<Self> {
-        if controller_samples_usage() {
-            return None;
-        }
-        eprintln!("this controller has no usage sampler: the test writes status.usage itself");
-        let cps = bed.cps();
-        let name = name.to_string();
-        let task = tokio::spawn(async move {
-            loop {
-                if let Some((storage, objects)) = measure.storage().await {
-                    let usage = serde_json::json!({
-                        "apiVersion": "tenancy.hostplane.io/v1alpha1",
-                        "kind": "ControlPlane",
-                        "status": {"usage": {
-                            "sampledTime": k8s_openapi::jiff::Timestamp::now(),
-                            "cpuSeconds": 0.0,
-                            "memoryBytes": 0,
-                            "storageBytes": storage,
-                            "objects": objects,
-                            "apiRequests": 0,
-                            "apiRequestRate": 0.0,
-                        }},
-                    });
-                    let _ = cps
-                        .patch_status(
-                            &name,
-                            &PatchParams::apply("limits-test-usage").force(),
-                            &Patch::Apply(usage),
-                        )
-                        .await;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-        Some(Self { task })
-    }
 }
 
 /// Polls the ControlPlane until `check` accepts it.
@@ -388,13 +277,10 @@ async fn a_tenant_on_shared_postgres_over_its_storage_quota_is_read_only_until_i
         &format!("  limits:\n    maxStorageBytes: {limit}\n"),
     )
     .await;
-    let database = cp.status.unwrap().datastore.unwrap().database.unwrap();
-    let _sampler = StandInSampler::start(
-        &bed,
-        "quota-pg",
-        Measure::Kine {
-            admin_dsn: postgres.dsn_for_database(&database),
-        },
+    assert_eq!(
+        cp.status.unwrap().datastore.unwrap().kind,
+        "postgres",
+        "on the shared Postgres"
     );
     fill_until_refused_then_free(&bed, "quota-pg", limit, 200 * 1024).await;
 }
@@ -436,14 +322,6 @@ async fn a_tenant_on_a_dedicated_etcd_over_its_storage_quota_is_read_only_until_
     }
     let endpoint = format!("https://127.0.0.1:{}", ports["etcd_client"]);
     let files: [PathBuf; 3] = files.try_into().unwrap();
-    let _sampler = StandInSampler::start(
-        &bed,
-        "quota-etcd",
-        Measure::Etcd {
-            endpoint: endpoint.clone(),
-            files: files.clone(),
-        },
-    );
     // The etcd's data in use only falls once the deleted revisions are compacted: the
     // controller compacts a read-only tenant's etcd, so this does not wait for the API
     // server's 5-minute compaction.

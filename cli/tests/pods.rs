@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
+use hostplane_controller::limits::TenantLimits;
 use hostplane_crds::ControlPlane;
 use hostplane_tests::{KubeApiserver, Postgres, start_apiserver_on_etcd};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -259,13 +260,17 @@ async fn a_controlplane_becomes_a_fenced_deployment_that_is_ready_when_available
         (&kine["image"], &kine["args"], &kine["env"]),
         (
             &json!("example.test/kine:v9"),
-            &json!([
-                "--listen-address=127.0.0.1:2379",
-                "--metrics-bind-address=0",
-                // The default limits: a pool of 15 under the role's 20 connections.
-                "--datastore-max-open-connections=15",
-                "--datastore-max-idle-connections=8"
-            ]),
+            // With the default limits' pool, below the role's connection limit.
+            &json!(
+                [
+                    "--listen-address=127.0.0.1:2379",
+                    "--metrics-bind-address=0"
+                ]
+                .map(String::from)
+                .into_iter()
+                .chain(TenantLimits::default().kine_pool().args())
+                .collect::<Vec<_>>()
+            ),
             &json!([
                 {"name": "KINE_ENDPOINT", "valueFrom": {"secretKeyRef": {"key": "url", "name": "datastore"}}},
                 {"name": "GOGC", "value": "50"}
@@ -546,6 +551,11 @@ async fn a_dedicated_etcd_is_a_stateful_set_and_ready_needs_it_and_the_deploymen
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
+    // The default storage limit's backstop quota.
+    let quota_backend_bytes = format!(
+        "--quota-backend-bytes={}",
+        TenantLimits::default().etcd_quota_backend_bytes()
+    );
     for arg in [
         "--listen-client-urls=https://0.0.0.0:2379",
         "--advertise-client-urls=https://acme-etcd.acme-system.svc:2379",
@@ -554,7 +564,7 @@ async fn a_dedicated_etcd_is_a_stateful_set_and_ready_needs_it_and_the_deploymen
         "--trusted-ca-file=/etc/kubernetes/pki/etcd/ca.crt",
         "--cert-file=/etc/kubernetes/pki/etcd/server.crt",
         "--data-dir=/var/lib/etcd/data",
-        "--quota-backend-bytes=1073741824",
+        quota_backend_bytes.as_str(),
         "--auto-compaction-retention=10m",
     ] {
         assert!(args.contains(&arg), "{arg} missing from {args:?}");

@@ -990,6 +990,15 @@ pub(crate) mod tests {
         assert_eq!(apiserver_args[0], "--bind-address=127.0.0.1");
         apiserver_args[0] = "--bind-address=0.0.0.0".into();
         apiserver_args.extend(crate::limits::TenantLimits::default().apiserver_args());
+        // Kine's pool stays below the role's connection limit (the default limits here).
+        let kine_args: Vec<String> = [
+            "--listen-address=127.0.0.1:2379",
+            "--metrics-bind-address=0",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain(crate::limits::TenantLimits::default().kine_pool().args())
+        .collect();
         let probe = |path: &str, period: u32, failures: u32| {
             json!({
                 "httpGet": {"path": path, "port": 6443, "scheme": "HTTPS"},
@@ -1025,10 +1034,7 @@ pub(crate) mod tests {
                                 "name": "kine",
                                 "image": "docker.io/rancher/kine:v0.17.5",
                                 "command": ["kine"],
-                                "args": [
-                                    "--listen-address=127.0.0.1:2379", "--metrics-bind-address=0",
-                                    "--datastore-max-open-connections=15", "--datastore-max-idle-connections=8",
-                                ],
+                                "args": kine_args,
                                 "env": [
                                     {"name": "KINE_ENDPOINT", "valueFrom": {"secretKeyRef": {"key": "url", "name": "datastore"}}},
                                     {"name": "GOGC", "value": "50"}

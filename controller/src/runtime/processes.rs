@@ -12,7 +12,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -68,8 +68,10 @@ struct TenantProcesses {
 pub struct ProcessRuntime {
     root: PathBuf,
     tenants: Mutex<HashMap<String, TenantProcesses>>,
-    /// One `ensure` or `stop` at a time: they write the same files and pid files.
-    changes: tokio::sync::Mutex<()>,
+    /// One `ensure` or `stop` at a time per tenant: they write the tenant's files and pid files.
+    /// Per tenant, not global: a stop waits for the tenant's processes to exit (seconds), and
+    /// with one lock every other tenant's start or wake waited behind each hibernation.
+    changes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Where tenants' CPU limits are enforced; `None` leaves processes in the controller's group.
     cpu: Option<CpuGroups>,
 }
@@ -80,7 +82,7 @@ impl ProcessRuntime {
         Self {
             root: root.into(),
             tenants: Mutex::default(),
-            changes: tokio::sync::Mutex::default(),
+            changes: Mutex::default(),
             cpu: None,
         }
     }
@@ -105,6 +107,11 @@ impl ProcessRuntime {
                 None
             }
         }
+    }
+
+    fn tenant_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.changes.lock().expect("runtime lock");
+        locks.entry(key.to_string()).or_default().clone()
     }
 
     pub fn tenant_dir(&self, key: &str) -> PathBuf {
@@ -165,7 +172,8 @@ impl ProcessRuntime {
     /// restarts processes as needed. Returns once supervisors are in place; readiness is the
     /// caller's to check (through the tenant API server).
     pub async fn ensure(&self, key: &str, bundle: &ControlPlaneBundle) -> Result<(), RuntimeError> {
-        let _serialized = self.changes.lock().await;
+        let lock = self.tenant_lock(key);
+        let _serialized = lock.lock().await;
         // A changed limit applies at once, without restarting anything.
         let cpu_group = self.limit_cpu(key, bundle);
         let fingerprint = bundle.fingerprint();
@@ -307,7 +315,8 @@ impl ProcessRuntime {
 
     /// Stops the tenant's processes, keeping its state (hibernation, shutdown of `hostplane up`).
     pub async fn stop(&self, key: &str) {
-        let _serialized = self.changes.lock().await;
+        let lock = self.tenant_lock(key);
+        let _serialized = lock.lock().await;
         let supervised = self.tenants.lock().expect("runtime lock").remove(key);
         if let Some(t) = supervised {
             stop_supervisors(t).await;
