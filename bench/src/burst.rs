@@ -175,8 +175,12 @@ async fn burst(opts: &Options, postgres: &Postgres, plots: &Path) -> anyhow::Res
         eprintln!("burst: {why}");
     }
 
+    // A step line: the count holds until the sample that saw it change.
     let mut curve = vec![(0.0, 0.0)];
-    curve.extend(samples.ready_at.iter().map(|&(t, n)| (t, n as f64)));
+    for &(t, n) in &samples.ready_at {
+        let held = curve.last().map_or(0.0, |p| p.1);
+        curve.extend([(t, held), (t, n as f64)]);
+    }
     line_chart(
         &plots.join("burst-ready.png"),
         &Chart {

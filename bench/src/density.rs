@@ -31,23 +31,27 @@ struct Step {
     pss_mib: f64,
     cpu_idle: f64,
     available_mib: u64,
-    connections: i64,
+    /// Client connections to the shared Postgres: the tenants' roles (their Kines) and the
+    /// superuser (the controller, this benchmark).
+    connections: (i64, i64),
 }
 
 /// Memory a tenant is assumed to take before one has been measured (MiB): about twice the
 /// idle figure, since a starting kube-apiserver peaks above its idle size.
 const FIRST_TENANT_ESTIMATE_MIB: f64 = 800.0;
 
-async fn postgres_connections(postgres: &Postgres) -> i64 {
+async fn postgres_connections(postgres: &Postgres) -> (i64, i64) {
     let client = postgres.client().await;
     client
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
+            "SELECT count(*) FILTER (WHERE usename <> current_user), \
+                    count(*) FILTER (WHERE usename = current_user) \
+             FROM pg_stat_activity WHERE backend_type = 'client backend'",
             &[],
         )
         .await
-        .map(|row| row.get::<_, i64>(0))
-        .unwrap_or(-1)
+        .map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1)))
+        .unwrap_or((-1, -1))
 }
 
 /// Median of the last `k` over the median of the first `k` creation times (k = 10, or half the
@@ -116,13 +120,14 @@ pub async fn run(opts: Options, plots: &Path) -> anyhow::Result<String> {
         };
         eprintln!(
             "density: tenant {n}: created in {:.2}s; per tenant RSS {:.0} MiB, PSS {:.0} MiB; \
-             host CPU idle {:.0}%; MemAvailable {} MiB; Postgres connections {}",
+             host CPU idle {:.0}%; MemAvailable {} MiB; Postgres connections {} tenant / {} admin",
             step.creation_s,
             step.rss_mib,
             step.pss_mib,
             step.cpu_idle,
             step.available_mib,
-            step.connections
+            step.connections.0,
+            step.connections.1
         );
         steps.push(step);
     }
@@ -206,17 +211,24 @@ pub async fn run(opts: Options, plots: &Path) -> anyhow::Result<String> {
         last.n, first.available_mib, last.available_mib
     ));
     table.push_str(&format!(
-        "| shared Postgres client connections at N = {} | {} | |\n",
-        last.n, last.connections
+        "| shared Postgres connections at N = {}: tenants' roles (Kine) / superuser (controller) | {} / {} | |\n",
+        last.n, last.connections.0, last.connections.1
     ));
     table.push_str(
         "\n![creation time vs N](plots/density-creation.png)\n![memory per tenant vs N](plots/density-memory.png)\n![host CPU idle vs N](plots/density-cpu.png)\n",
     );
-    table.push_str("\n<details><summary>every step</summary>\n\n| N | creation (s) | RSS/tenant (MiB) | PSS/tenant (MiB) | CPU idle (%) | MemAvailable (MiB) | Postgres connections |\n| --- | --- | --- | --- | --- | --- | --- |\n");
+    table.push_str("\n<details><summary>every step</summary>\n\n| N | creation (s) | RSS/tenant (MiB) | PSS/tenant (MiB) | CPU idle (%) | MemAvailable (MiB) | Postgres connections (tenants / superuser) |\n| --- | --- | --- | --- | --- | --- | --- |\n");
     for s in &steps {
         table.push_str(&format!(
-            "| {} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} |\n",
-            s.n, s.creation_s, s.rss_mib, s.pss_mib, s.cpu_idle, s.available_mib, s.connections
+            "| {} | {:.2} | {:.0} | {:.0} | {:.0} | {} | {} / {} |\n",
+            s.n,
+            s.creation_s,
+            s.rss_mib,
+            s.pss_mib,
+            s.cpu_idle,
+            s.available_mib,
+            s.connections.0,
+            s.connections.1
         ));
     }
     table.push_str("\n</details>\n");

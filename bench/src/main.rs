@@ -133,7 +133,7 @@ enum Scenario {
     /// Every scenario in sequence with the profile's counts; RESULTS.md is updated after each.
     All {
         /// `quick`: small counts, about 10 minutes, for development on a shared machine.
-        /// `full`: the published figures (about 75 minutes).
+        /// `full`: the published figures (about 60 minutes).
         #[arg(long, value_enum, default_value_t = Profile::Quick)]
         profile: Profile,
     },
@@ -193,7 +193,7 @@ impl Profile {
     fn expected_minutes(self) -> u64 {
         match self {
             Profile::Quick => 10,
-            Profile::Full => 75,
+            Profile::Full => 60,
         }
     }
 }
@@ -544,7 +544,7 @@ async fn run_scenario(scenario: Scenario, plots: &Path) -> anyhow::Result<Sectio
 }
 
 /// What `all` says at the top of RESULTS.md, above the first section.
-const PREAMBLE: &str = "Every section below, in one command (about 75 minutes on 2 cores; `--profile quick` takes about 10 with small counts):\n\n```sh\ncargo build --release -p hostplane -p hostplane-bench && target/release/hostplane-bench all --profile full\n```\n\nEach section names the command that reproduces it alone; plots are in [plots/](plots/).\n\n";
+const PREAMBLE: &str = "Every section below, in one command (about 60 minutes on 2 cores; `--profile quick` takes about 10 with small counts):\n\n```sh\ncargo build --release -p hostplane -p hostplane-bench && target/release/hostplane-bench all --profile full\n```\n\nEach section names the command that reproduces it alone; plots are in [plots/](plots/).\n\n";
 
 /// Writes `section` into the results file: in place of the section with the same title, or at
 /// the end. Other sections keep their figures.
@@ -612,7 +612,8 @@ async fn run(cli: Cli, plots: &Path) -> anyhow::Result<()> {
     };
     let scenarios = profile.scenarios();
     eprintln!(
-        "all --profile {profile:?}: {} scenarios, expected to take about {} minutes on 2 cores; each section of {} is written when its scenario ends",
+        "all --profile {}: {} scenarios, expected to take about {} minutes on 2 cores; each section of {} is written when its scenario ends",
+        format!("{profile:?}").to_lowercase(),
         scenarios.len(),
         profile.expected_minutes(),
         cli.results.display()

@@ -79,7 +79,8 @@ pub fn line_chart(path: &Path, chart: &Chart<'_>, series: &[Series]) -> anyhow::
             .map(|p| p.1)
             .filter(|y| y.is_finite())
             .fold(0.0, f64::max);
-        (0.0, (top * 1.1).max(1.0))
+        // Headroom above the data for the legend in the upper left.
+        (0.0, (top * 1.35).max(1.0))
     });
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         let root = BitMapBackend::new(path, SIZE).into_drawing_area();

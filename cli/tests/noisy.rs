@@ -23,13 +23,14 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
-/// Each tenant's `limits.maxCpuMillicores`: a quarter of a 2-core machine.
+/// Each tenant's `limits.maxCpuMillicores`: an eighth of a 2-core machine (a small plan; the
+/// API servers' start is not limited).
 /// `HOSTPLANE_NOISY_CPU_MILLICORES=0` runs without a CPU limit, to see what the limit is worth.
 fn cpu_millicores() -> u32 {
     std::env::var("HOSTPLANE_NOISY_CPU_MILLICORES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(500)
+        .unwrap_or(250)
 }
 
 /// Pids of the processes whose pid files are in a tenant's state dir.
@@ -153,6 +154,22 @@ async fn a_write_storm_in_one_tenant_keeps_the_other_tenants_p99_within_2x() {
             })
             .unwrap();
         let key = tenant.file_name().unwrap().to_string_lossy().into_owned();
+        if cpu_millicores() > 0 {
+            let quota = u64::from(cpu_millicores()) * 100;
+            let v1 = std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/cpu/hostplane/{key}/cpu.cfs_quota_us"
+            ));
+            let v2 = std::fs::read_to_string(format!("/sys/fs/cgroup/hostplane/{key}/cpu.max"));
+            let set = match (v1, v2) {
+                (Ok(v1), _) => v1.trim() == quota.to_string(),
+                (_, Ok(v2)) => v2.starts_with(&format!("{quota} ")),
+                _ => false,
+            };
+            assert!(
+                set,
+                "{name}'s CPU group does not hold its limit of {quota} µs per 100 ms"
+            );
+        }
         for pid in pids_in(&tenant) {
             let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
             assert!(

@@ -7,6 +7,9 @@ use hostplane_crds::Limits;
 
 const MIB: i64 = 1024 * 1024;
 
+/// Connections Kine keeps open while idle (see `TenantLimits::kine_pool`).
+const MAX_IDLE_CONNECTIONS: i32 = 4;
+
 /// What one tenant may use. Every field is set: validation fills what the spec leaves out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TenantLimits {
@@ -89,14 +92,17 @@ impl TenantLimits {
     /// second Kine overlaps the first for a while — the pods runtime's rolling update surges a
     /// new pod before the old one stops, and a restarted process's sessions take a moment to
     /// close — and the newcomer must still get connections while the old pool holds its own.
-    /// Idle connections are capped at half the pool, so an idle tenant's old Kine holds few.
+    /// At most 4 connections stay open while idle (fewer for a smaller pool): the role limit is
+    /// a ceiling, not a reservation, and a shared Postgres's `max_connections` must hold every
+    /// tenant's idle pool — 60 tenants idling on 24 each would need 1440 (the fault suite hit
+    /// "too many clients" on a 300-connection Postgres with 20 tenants before this cap).
     pub fn kine_pool(&self) -> KinePool {
         let limit = self.max_datastore_connections.max(1);
         let reserve = (limit / 4).max(1);
         let max_open = (limit - reserve).max(1);
         KinePool {
             max_open,
-            max_idle: (max_open + 1) / 2,
+            max_idle: max_open.min(MAX_IDLE_CONNECTIONS),
         }
     }
 
@@ -196,19 +202,19 @@ mod tests {
                 },
                 KinePool {
                     max_open: 2,
-                    max_idle: 1
+                    max_idle: 2
                 },
                 KinePool {
                     max_open: 6,
-                    max_idle: 3
+                    max_idle: 4
                 },
                 KinePool {
                     max_open: 15,
-                    max_idle: 8
+                    max_idle: 4
                 },
                 KinePool {
                     max_open: 750,
-                    max_idle: 375
+                    max_idle: 4
                 },
             ]
         );
@@ -216,7 +222,7 @@ mod tests {
             pool(20).args(),
             [
                 "--datastore-max-open-connections=15",
-                "--datastore-max-idle-connections=8"
+                "--datastore-max-idle-connections=4"
             ]
         );
     }

@@ -160,8 +160,9 @@ pub struct Limits {
 
     /// CPU the tenant's control plane processes may use together, in millicores (1000 = one
     /// core): a CPU bandwidth limit on a control group per tenant (processes runtime), so one
-    /// tenant's request storm leaves the machine's other cores to the other tenants. Unset: the
-    /// controller's `--default-max-cpu-millicores`, which is unlimited unless set.
+    /// tenant's request storm leaves the machine's other cores to the other tenants. The start
+    /// of the API server is spared; the limit applies once it is ready. Unset: the controller's
+    /// `--default-max-cpu-millicores`, which is unlimited unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 256000))]
     pub max_cpu_millicores: Option<i32>,

@@ -978,7 +978,7 @@ mod tests {
                 "--listen-address=127.0.0.1:20001",
                 "--metrics-bind-address=0",
                 "--datastore-max-open-connections=6",
-                "--datastore-max-idle-connections=3",
+                "--datastore-max-idle-connections=4",
             ]
         );
         assert_eq!(

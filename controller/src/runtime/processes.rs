@@ -62,6 +62,8 @@ struct TenantProcesses {
     /// stopped in reverse, since an API server whose datastore went first hangs in its
     /// shutdown until it is killed.
     supervisors: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// The CPU limit, applied once the API server is ready (see `ensure`).
+    cpu_millicores: Option<u32>,
 }
 
 /// Supervises the processes of every tenant this controller runs.
@@ -95,9 +97,9 @@ impl ProcessRuntime {
 
     /// Creates or updates the tenant's CPU group; a failure is logged, never fatal (the tenant
     /// runs, unlimited, and says so in the log).
-    fn limit_cpu(&self, key: &str, bundle: &ControlPlaneBundle) -> Option<TenantGroup> {
+    fn limit_cpu(&self, key: &str, millicores: Option<u32>) -> Option<TenantGroup> {
         let groups = self.cpu.as_ref()?;
-        match groups.limit(key, bundle.cpu_millicores) {
+        match groups.limit(key, millicores) {
             Ok(()) => Some(TenantGroup {
                 groups: groups.clone(),
                 tenant: key.to_string(),
@@ -174,23 +176,31 @@ impl ProcessRuntime {
     pub async fn ensure(&self, key: &str, bundle: &ControlPlaneBundle) -> Result<(), RuntimeError> {
         let lock = self.tenant_lock(key);
         let _serialized = lock.lock().await;
-        // A changed limit applies at once, without restarting anything.
-        let cpu_group = self.limit_cpu(key, bundle);
         let fingerprint = bundle.fingerprint();
         let previous = {
             let mut tenants = self.tenants.lock().expect("runtime lock");
-            match tenants.get(key) {
+            match tenants.get_mut(key) {
                 Some(t)
                     if t.fingerprint == fingerprint
                         && t.supervisors.iter().all(|(_, s)| !s.is_finished()) =>
                 {
-                    // The same processes; renewed leaves they re-read still go to disk.
+                    // The same processes; renewed leaves they re-read still go to disk, and a
+                    // changed CPU limit applies at once, without restarting anything.
+                    t.cpu_millicores = bundle.cpu_millicores;
+                    let ready = *t.api_ready.borrow();
                     drop(tenants);
+                    if ready {
+                        self.limit_cpu(key, bundle.cpu_millicores);
+                    }
                     return self.write_files(key, bundle);
                 }
                 _ => tenants.remove(key),
             }
         };
+        // Starting is not limited: kube-apiserver's start takes several CPU-seconds, which a
+        // small limit would stretch to tens of seconds of wall time. The limit applies once the
+        // API server is ready (`mark_api_ready`).
+        let cpu_group = self.limit_cpu(key, None);
         if let Some(old) = previous {
             info!(
                 tenant = key,
@@ -237,6 +247,7 @@ impl ProcessRuntime {
                 fingerprint,
                 api_ready,
                 supervisors,
+                cpu_millicores: bundle.cpu_millicores,
             },
         );
         Ok(())
@@ -260,10 +271,20 @@ impl ProcessRuntime {
     }
 
     /// Lets processes that wait for the tenant API server (kube-controller-manager) start.
+    /// Also applies the tenant's CPU limit, which starting is spared.
     pub fn mark_api_ready(&self, key: &str) {
-        if let Some(t) = self.tenants.lock().expect("runtime lock").get(key) {
-            t.api_ready
-                .send_if_modified(|ready| !std::mem::replace(ready, true));
+        let became_ready = self
+            .tenants
+            .lock()
+            .expect("runtime lock")
+            .get(key)
+            .filter(|t| {
+                t.api_ready
+                    .send_if_modified(|ready| !std::mem::replace(ready, true))
+            })
+            .map(|t| t.cpu_millicores);
+        if let Some(millicores) = became_ready {
+            self.limit_cpu(key, millicores);
         }
     }
 
