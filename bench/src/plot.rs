@@ -91,7 +91,18 @@ pub fn line_chart(path: &Path, chart: &Chart<'_>, series: &[Series]) -> anyhow::
             .x_label_area_size(44)
             .y_label_area_size(64)
             .build_cartesian_2d(x_min..x_max, y_min..y_max)?;
+        // Whole-number ticks when the x axis counts something (tenants) and the range is small.
+        let whole = |v: &f64| {
+            if v.fract() == 0.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        };
         ctx.configure_mesh()
+            .x_labels(((x_max - x_min).ceil() as usize + 1).clamp(2, 12))
+            .x_label_formatter(&whole)
+            .y_label_formatter(&whole)
             .x_desc(chart.x_label)
             .y_desc(chart.y_label)
             .label_style((FONT_FAMILY, 14))
