@@ -749,8 +749,12 @@ pub(crate) mod tests {
     }
 
     fn objects(workers: bool, placement: Option<&Placement>) -> PodsObjects {
+        objects_of(&plan(), workers, placement)
+    }
+
+    fn objects_of(plan: &TenantPlan, workers: bool, placement: Option<&Placement>) -> PodsObjects {
         pods_objects(
-            &plan(),
+            plan,
             &PodsConfig::default(),
             &PodsTenant {
                 pki: &pki(),
@@ -767,18 +771,7 @@ pub(crate) mod tests {
     fn a_cpu_limit_caps_the_api_server_container_and_its_request() {
         let mut plan = plan();
         plan.limits.max_cpu_millicores = Some(200);
-        let objects = pods_objects(
-            &plan,
-            &PodsConfig::default(),
-            &PodsTenant {
-                pki: &pki(),
-                datastore_secret: "datastore",
-                datastore_key: "url",
-                dedicated_etcd: false,
-                workers: false,
-                placement: None,
-            },
-        );
+        let objects = objects_of(&plan, false, None);
         let deployment = to_json(&objects.deployment);
         let containers = deployment["spec"]["template"]["spec"]["containers"]
             .as_array()
