@@ -109,9 +109,11 @@ impl CpuGroups {
     ///
     /// The group may also burst by one period's quota saved while it was under its limit (kernels
     /// from 5.14; older ones have no burst file and simply throttle): a quiet tenant's short
-    /// bursts (a request, a GC cycle) are not cut into 100 ms slices, which measured raised a
-    /// limited quiet tenant's own p99 from 9 ms to 94 ms, while a tenant using its whole quota
-    /// all the time, as a storm does, has nothing saved to burst with.
+    /// bursts (a request, a GC cycle) are less often cut into 100 ms slices, while a tenant using
+    /// its whole quota all the time, as a storm does, has nothing saved to burst with. Measured
+    /// (bench/RESULTS.md, noisy neighbour): a quiet tenant limited to 250 millicores has a p99 of
+    /// 76–94 ms on its own where an unlimited one has 9–12 ms; the burst narrows that only a
+    /// little.
     pub fn limit(&self, tenant: &str, millicores: Option<u32>) -> std::io::Result<()> {
         let group = self.group(tenant);
         std::fs::create_dir_all(&group)?;
