@@ -186,10 +186,11 @@ impl ProcessRuntime {
                 {
                     // The same processes; renewed leaves they re-read still go to disk, and a
                     // changed CPU limit applies at once, without restarting anything.
-                    t.cpu_millicores = bundle.cpu_millicores;
+                    let changed = std::mem::replace(&mut t.cpu_millicores, bundle.cpu_millicores)
+                        != bundle.cpu_millicores;
                     let ready = *t.api_ready.borrow();
                     drop(tenants);
-                    if ready {
+                    if changed && ready {
                         self.limit_cpu(key, bundle.cpu_millicores);
                     }
                     return self.write_files(key, bundle);
