@@ -168,29 +168,12 @@ async fn measure(client: kube::Client, w: Workload) -> anyhow::Result<Latencies>
 pub async fn run(w: Workload) -> anyhow::Result<String> {
     let postgres = Postgres::start().await;
     let shared_etcd = Etcd::start_tls(true).await;
-    let tls = shared_etcd.tls().context("TLS etcd")?.clone();
-    let endpoints = shared_etcd.endpoint();
-    let path = |p: &std::path::Path| p.display().to_string();
-    let (ca, cert, key, ca_key) = (
-        path(&tls.ca_crt),
-        path(&tls.root_crt),
-        path(&tls.root_key),
-        path(&tls.ca_key),
-    );
+    let env = shared_etcd.shared_etcd_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // One controller with the shared Postgres only, one that also has the shared etcd (which
     // then takes `backend: shared` tenants).
     let on_postgres = hostplane_side(&postgres, &[]).await?;
-    let on_etcd = hostplane_side(
-        &postgres,
-        &[
-            ("HOSTPLANE_SHARED_ETCD_ENDPOINTS", endpoints.as_str()),
-            ("HOSTPLANE_SHARED_ETCD_CA_FILE", ca.as_str()),
-            ("HOSTPLANE_SHARED_ETCD_CERT_FILE", cert.as_str()),
-            ("HOSTPLANE_SHARED_ETCD_KEY_FILE", key.as_str()),
-            ("HOSTPLANE_SHARED_ETCD_CLIENT_CA_KEY", ca_key.as_str()),
-        ],
-    )
-    .await?;
+    let on_etcd = hostplane_side(&postgres, &env).await?;
     let tenants = [
         (
             "shared Postgres (Kine)",

@@ -249,25 +249,8 @@ async fn tenants_on_the_shared_etcd_each_see_only_their_own_prefix() {
     let shared = Etcd::start_tls(true).await;
     let tls = shared.tls().unwrap().clone();
     let endpoints = shared.endpoint();
-    let env = [
-        ("HOSTPLANE_SHARED_ETCD_ENDPOINTS", endpoints.as_str()),
-        (
-            "HOSTPLANE_SHARED_ETCD_CA_FILE",
-            tls.ca_crt.to_str().unwrap(),
-        ),
-        (
-            "HOSTPLANE_SHARED_ETCD_CERT_FILE",
-            tls.root_crt.to_str().unwrap(),
-        ),
-        (
-            "HOSTPLANE_SHARED_ETCD_KEY_FILE",
-            tls.root_key.to_str().unwrap(),
-        ),
-        (
-            "HOSTPLANE_SHARED_ETCD_CLIENT_CA_KEY",
-            tls.ca_key.to_str().unwrap(),
-        ),
-    ];
+    let env = shared.shared_etcd_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let bed = Bed::with(None, &env).await;
     let alpha = bed.create("alpha", "").await;
     let beta = bed.create("beta", "").await;

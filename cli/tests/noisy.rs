@@ -33,16 +33,6 @@ fn cpu_millicores() -> u32 {
         .unwrap_or(250)
 }
 
-/// Pids of the processes whose pid files are in a tenant's state dir.
-fn pids_in(dir: &std::path::Path) -> Vec<u32> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter(|f| f.path().extension().is_some_and(|e| e == "pid"))
-        .filter_map(|f| std::fs::read_to_string(f.path()).ok()?.trim().parse().ok())
-        .collect()
-}
-
 struct Profile {
     rounds: usize,
     ops: usize,
@@ -170,7 +160,7 @@ async fn a_write_storm_in_one_tenant_keeps_the_other_tenants_p99_within_2x() {
                 "{name}'s CPU group does not hold its limit of {quota} µs per 100 ms"
             );
         }
-        for pid in pids_in(&tenant) {
+        for pid in recorded_pids(&tenant) {
             let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
             assert!(
                 cgroups.contains(&format!("/hostplane/{key}\n")),

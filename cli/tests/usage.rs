@@ -500,27 +500,8 @@ async fn usage_of_sqlite_and_dedicated_etcd_tenants_grows_with_their_writes() {
 #[tokio::test]
 async fn usage_on_the_shared_etcd_counts_the_tenants_prefix_only() {
     let shared = Etcd::start_tls(true).await;
-    let tls = shared.tls().unwrap().clone();
-    let endpoints = shared.endpoint();
-    let env = [
-        ("HOSTPLANE_SHARED_ETCD_ENDPOINTS", endpoints.as_str()),
-        (
-            "HOSTPLANE_SHARED_ETCD_CA_FILE",
-            tls.ca_crt.to_str().unwrap(),
-        ),
-        (
-            "HOSTPLANE_SHARED_ETCD_CERT_FILE",
-            tls.root_crt.to_str().unwrap(),
-        ),
-        (
-            "HOSTPLANE_SHARED_ETCD_KEY_FILE",
-            tls.root_key.to_str().unwrap(),
-        ),
-        (
-            "HOSTPLANE_SHARED_ETCD_CLIENT_CA_KEY",
-            tls.ca_key.to_str().unwrap(),
-        ),
-    ];
+    let env = shared.shared_etcd_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let bed = Bed::start_with(None, &env).await;
     bed.apply_cp("left", "");
     bed.apply_cp("right", "");

@@ -207,6 +207,20 @@ impl Etcd {
             .await;
     }
 
+    /// The `hostplane controller` environment that makes this etcd (started with TLS and auth)
+    /// the shared etcd: its endpoint, CA, root client pair and the client CA's key.
+    pub fn shared_etcd_env(&self) -> Vec<(&'static str, String)> {
+        let tls = self.tls().expect("the shared etcd runs with TLS");
+        let path = |p: &std::path::Path| p.display().to_string();
+        vec![
+            ("HOSTPLANE_SHARED_ETCD_ENDPOINTS", self.endpoint()),
+            ("HOSTPLANE_SHARED_ETCD_CA_FILE", path(&tls.ca_crt)),
+            ("HOSTPLANE_SHARED_ETCD_CERT_FILE", path(&tls.root_crt)),
+            ("HOSTPLANE_SHARED_ETCD_KEY_FILE", path(&tls.root_key)),
+            ("HOSTPLANE_SHARED_ETCD_CLIENT_CA_KEY", path(&tls.ca_key)),
+        ]
+    }
+
     /// The client URL, `http://127.0.0.1:N` (`https://` when started with TLS).
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };

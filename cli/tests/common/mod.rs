@@ -144,27 +144,24 @@ impl ControllerProcess {
 
     /// Stops the controller and every tenant process it left (tests must not leak processes).
     pub fn stop_tenants(&self) {
-        let tenants = self.state_dir.join("tenants");
-        for entry in std::fs::read_dir(&tenants).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(entry.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if f.path().extension().is_some_and(|e| e == "pid")
-                    && let Ok(pid) = std::fs::read_to_string(f.path())
-                        .unwrap_or_default()
-                        .trim()
-                        .parse::<i32>()
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
+        for pid in self.tenant_dirs().iter().flat_map(|dir| recorded_pids(dir)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
+}
+
+/// The pids recorded in a tenant state dir's pid files (one per supervised process).
+pub fn recorded_pids(tenant_dir: &Path) -> Vec<u32> {
+    std::fs::read_dir(tenant_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|f| f.path().extension().is_some_and(|e| e == "pid"))
+        .filter_map(|f| std::fs::read_to_string(f.path()).ok()?.trim().parse().ok())
+        .collect()
 }
 
 impl Drop for ControllerProcess {
