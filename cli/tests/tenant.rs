@@ -1456,16 +1456,14 @@ async fn kubevirt_nodes_hook_makes_joinable_vms_and_scales_down() {
     // Server-side: the CRD is too large for client-side apply's last-applied annotation.
     let (ok, out) = bed.host_kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd.stdout));
     assert!(ok, "{out}");
-    let (ok, out) = bed.host_kubectl(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/virtualmachines.kubevirt.io",
-            "--timeout=60s",
-        ],
-        None,
-    );
-    assert!(ok, "{out}");
+    hostplane_controller::embedded::wait_kinds_served(
+        &bed.host.client(),
+        "kubevirt.io",
+        &["VirtualMachine"],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
 
     bed.apply(
         "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: workers\nspec:\n  postCreateHooks:\n  - hookName: kubevirt-nodes\n    vars:\n      node_count: \"2\"\n",

@@ -172,33 +172,48 @@ pub async fn install_crds(client: &kube::Client) -> Result<(), EmbeddedError> {
     Ok(())
 }
 
-/// Waits until API discovery serves every hostplane kind. A CRD is Established before the
-/// aggregated discovery document lists it, and kubectl maps kinds through discovery: applying a
-/// ControlPlane in between fails with "no matches for kind".
+/// Waits until API discovery serves every hostplane kind.
 async fn wait_discovered(client: &kube::Client, patience: Duration) -> Result<(), EmbeddedError> {
-    let wanted: Vec<String> = hostplane_crds::crds()
+    let kinds: Vec<String> = hostplane_crds::crds()
         .into_iter()
         .map(|crd| crd.spec.names.kind)
         .collect();
+    let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+    wait_kinds_served(client, hostplane_crds::GROUP, &kinds, patience).await
+}
+
+/// Waits until API discovery serves `kinds` of `group`. A CRD is Established before the
+/// aggregated discovery document lists it, and kubectl maps kinds through discovery: applying an
+/// object in between fails with "no matches for kind". Discovery lists only Established CRDs, so
+/// this also waits for Established (without kubectl wait's race, which fails on a CRD whose
+/// `status.conditions` is still null).
+pub async fn wait_kinds_served(
+    client: &kube::Client,
+    group: &str,
+    kinds: &[&str],
+    patience: Duration,
+) -> Result<(), EmbeddedError> {
     let deadline = Instant::now() + patience;
     loop {
-        let served: Vec<String> =
-            match kube::discovery::oneshot::group(client, hostplane_crds::GROUP).await {
-                Ok(group) => group
-                    .recommended_resources()
-                    .into_iter()
-                    .map(|(resource, _)| resource.kind)
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-        let missing: Vec<&String> = wanted.iter().filter(|k| !served.contains(k)).collect();
+        let served: Vec<String> = match kube::discovery::oneshot::group(client, group).await {
+            Ok(group) => group
+                .recommended_resources()
+                .into_iter()
+                .map(|(resource, _)| resource.kind)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let missing: Vec<&str> = kinds
+            .iter()
+            .copied()
+            .filter(|kind| !served.iter().any(|s| s == kind))
+            .collect();
         if missing.is_empty() {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let missing: Vec<&str> = missing.iter().map(|k| k.as_str()).collect();
             return Err(EmbeddedError::CrdsNotDiscovered(
-                missing.join(", "),
+                format!("{group}: {}", missing.join(", ")),
                 patience,
             ));
         }

@@ -50,18 +50,14 @@ fn cp(name: &str, spec: &str) -> String {
 async fn check_api(api: &KubeApiserver) {
     let (ok, out, err) = kubectl(api, &["apply", "-f", &repo("crds/crds.yaml")], None);
     assert!(ok, "CRDs do not install: {out}{err}");
-    let (ok, out, err) = kubectl(
-        api,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/controlplanes.tenancy.hostplane.io",
-            "crd/postcreatehooks.tenancy.hostplane.io",
-        ],
-        None,
-    );
-    assert!(ok, "CRDs not Established: {out}{err}");
+    hostplane_controller::embedded::wait_kinds_served(
+        &api.client(),
+        hostplane_crds::GROUP,
+        &["ControlPlane", "PostCreateHook"],
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .expect("CRDs not served");
 
     // KubeFlex's examples, with only the apiVersion changed.
     for example in [
