@@ -61,6 +61,7 @@ fn node_join<'a>(
         ca_cert_hash: &material.ca_cert_hash,
         node_name,
         timeout: NODE_TIMEOUT,
+        resolve: None,
     }
 }
 
@@ -175,6 +176,11 @@ async fn worker_node_joins_a_tenant_with_a_bootstrap_token() {
     assert_eq!(
         csr.spec.username.as_deref(),
         Some(format!("system:bootstrap:{}", material.token.id).as_str())
+    );
+    let csr_groups = joined.csr.spec.groups.clone().unwrap_or_default();
+    assert!(
+        csr_groups.iter().any(|g| g == "system:bootstrappers"),
+        "{csr_groups:?}"
     );
     let approved = csr
         .status

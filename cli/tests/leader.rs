@@ -98,9 +98,26 @@ impl Replica {
     async fn metric(&self, name: &str) -> f64 {
         let (status, text) = self.get("/metrics").await;
         assert_eq!(status, 200, "{text}");
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        value_of(&text, name)
             .unwrap_or_else(|| panic!("{} has no metric {name}:\n{text}", self.name))
+    }
+
+    /// This replica's /metrics once `holds` says yes: metrics follow the status write, which
+    /// the test's watch may see first.
+    async fn metrics_when(&self, what: &str, holds: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, text) = self.get("/metrics").await;
+            if status == 200 && holds(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}'s metrics never showed {what}:\n{text}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Whether this replica's log shows work on ControlPlane `cp`: lines of its reconcile span,
@@ -162,6 +179,30 @@ async fn time_until_held_by(host: &KubeApiserver, replica: &Replica, limit: Dura
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The value of the series `series` (a metric name, with its labels if it has any) in
+/// Prometheus text.
+fn value_of(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The series of `hostplane_tenants` (ControlPlanes by their Ready reason) with their values.
+fn tenant_states(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (state, value) = l
+                .strip_prefix("hostplane_tenants{state=\"")?
+                .split_once("\"} ")?;
+            Some((state.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 fn create(host: &KubeApiserver, name: &str) {
@@ -249,6 +290,31 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_is_killed()
     );
     assert!(leader.metric("hostplane_reconciles_total").await >= 1.0);
     assert_eq!(standby.metric("hostplane_reconciles_total").await, 0.0);
+    // Its provisioning time is recorded once, its passes are timed, and it counts as Available.
+    let text = leader
+        .metrics_when("the first tenant Available", |t| {
+            tenant_states(t) == [("Available".to_string(), 1.0)]
+        })
+        .await;
+    assert_eq!(
+        value_of(&text, "hostplane_tenant_provisioning_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        value_of(&text, "hostplane_tenant_provisioning_seconds_sum").is_some_and(|s| s > 0.0),
+        "{text}"
+    );
+    assert!(
+        value_of(&text, "hostplane_reconcile_duration_seconds_count").is_some_and(|n| n > 0.0),
+        "{text}"
+    );
+    assert_eq!(
+        standby
+            .metric("hostplane_tenant_provisioning_seconds_count")
+            .await,
+        0.0
+    );
 
     // kill -9: the Lease is not released, so the standby waits for it to expire.
     let before = lease(&host).await.unwrap();
@@ -298,6 +364,27 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_is_killed()
         !reporters.is_empty() && reporters.iter().all(|r| r == standby.name),
         "{reporters:?}"
     );
+    // The new leader records the provisioning of the second tenant only: the first was Ready
+    // before it led.
+    let text = standby
+        .metrics_when("both tenants Available", |t| {
+            tenant_states(t) == [("Available".to_string(), 2.0)]
+        })
+        .await;
+    assert_eq!(
+        value_of(&text, "hostplane_tenant_provisioning_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A deleted tenant leaves the state gauge: no Deleting series stays behind.
+    let out = host.run_kubectl(&["delete", "cp", "second", "--timeout=120s"]);
+    assert!(out.success(), "kubectl delete failed: {}", out.combined());
+    standby
+        .metrics_when("only the first tenant, Available", |t| {
+            tenant_states(t) == [("Available".to_string(), 1.0)]
+        })
+        .await;
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -358,6 +359,108 @@ fn endpoint_port(cp: &ControlPlane) -> u16 {
     endpoint.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 
+/// Distinct pids each process of a tenant had, in order, sampled from its pid files.
+#[derive(Default)]
+struct PidHistory(BTreeMap<&'static str, Vec<i32>>);
+
+impl PidHistory {
+    fn sample(&mut self, dir: &Path, processes: &[&'static str]) {
+        for process in processes {
+            let seen = self.0.entry(process).or_default();
+            if let Some(pid) = pid_of(dir, process)
+                && seen.last() != Some(&pid)
+            {
+                seen.push(pid);
+            }
+        }
+    }
+
+    fn of(&self, process: &str) -> &[i32] {
+        self.0.get(process).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Samples the tenant until the certificates served on each of `ports` were renewed twice,
+/// asserting that none served is ever expired; every few seconds `check` runs (kubectl through
+/// a kubeconfig issued before). Returns the pids the tenant's `processes` had.
+async fn through_two_renewals(
+    dir: &Path,
+    ports: &[u16],
+    processes: &[&'static str],
+    mut check: impl FnMut(usize),
+) -> PidHistory {
+    let mut pids = PidHistory::default();
+    let mut serials: Vec<Vec<String>> = vec![Vec::new(); ports.len()];
+    // 90 s leaves (plus an 18 s backdate) are renewed every 72 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let mut checks = 0;
+    while serials.iter().any(|s| s.len() < 3) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the served certificates were not renewed twice within 240 s: {serials:?}"
+        );
+        for (port, seen) in ports.iter().zip(&mut serials) {
+            let (serial, valid) = served_certificate(*port);
+            assert!(
+                valid,
+                "an expired certificate was served on {port} (serial {serial})"
+            );
+            if seen.last() != Some(&serial) {
+                seen.push(serial);
+            }
+        }
+        pids.sample(dir, processes);
+        check(checks);
+        checks += 1;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    pids
+}
+
+/// Waits until `process` has had `count` distinct pids (restarts follow a renewal's files).
+async fn wait_for_pids(pids: &mut PidHistory, dir: &Path, process: &'static str, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pids.of(process).len() < count && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pids.sample(dir, &[process]);
+    }
+    assert!(
+        pids.of(process).len() >= count,
+        "{process} was not restarted for each renewal: pids {:?}",
+        pids.of(process)
+    );
+}
+
+/// kube-controller-manager works: a new namespace gets its `default` ServiceAccount and
+/// `kube-root-ca.crt` ConfigMap, which only its controllers create.
+async fn controller_manager_serves(kubeconfig: &Path, namespace: &str) {
+    let (ok, out) = kubectl_with(kubectl(), kubeconfig, &["create", "namespace", namespace]);
+    assert!(ok, "{out}");
+    for object in ["serviceaccount/default", "configmap/kube-root-ca.crt"] {
+        kubectl_eventually(
+            kubeconfig,
+            &["get", "-n", namespace, object],
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+}
+
+/// No process presented an expired certificate to the tenant's `process` (an API server's
+/// authentication, or etcd's handshake, logs the x509 error).
+fn no_expired_certificate_presented_to(dir: &Path, process: &str) {
+    let log = std::fs::read_to_string(dir.join("logs").join(format!("{process}.log"))).unwrap();
+    let expired: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("certificate has expired"))
+        .take(3)
+        .collect();
+    assert!(
+        expired.is_empty(),
+        "{process} saw expired certificates: {expired:#?}"
+    );
+}
+
 #[tokio::test]
 async fn short_lived_leaves_rotate_without_restarting_the_api_server_or_breaking_clients() {
     // 90 s leaves are renewed with 36 s left (54 s after issue).
@@ -370,7 +473,6 @@ async fn short_lived_leaves_rotate_without_restarting_the_api_server_or_breaking
     let cp = wait_ready_state(&bed.cps(), "rot", "True", Some("Available"), READY_TIMEOUT).await;
     let port = endpoint_port(&cp);
     let dir = tenant_dir(&bed, &cp);
-    let apiserver = pid_of(&dir, "kube-apiserver").unwrap();
     let (kubeconfig, _) = bed.kubeconfig("rot", "kubeconfig").await;
     kubectl_eventually(
         &kubeconfig,
@@ -381,33 +483,85 @@ async fn short_lived_leaves_rotate_without_restarting_the_api_server_or_breaking
 
     // Watch the served certificate through two renewals: it changes, it is never expired, and
     // the kubeconfig issued before keeps working all along.
-    let mut serials: Vec<String> = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    let mut checks = 0;
-    while serials.len() < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the serving certificate was not renewed twice within 240 s: {serials:?}"
-        );
-        let (serial, valid) = served_certificate(port);
-        assert!(valid, "an expired certificate was served (serial {serial})");
-        if serials.last() != Some(&serial) {
-            serials.push(serial);
-        }
+    let processes = ["kube-apiserver", "kube-controller-manager"];
+    let mut pids = through_two_renewals(&dir, &[port], &processes, |checks| {
         if checks % 5 == 0 {
             let (ok, out) = kubectl_with(kubectl(), &kubeconfig, &["get", "ns", "default"]);
             assert!(ok, "the kubeconfig issued before rotation failed: {out}");
         }
-        checks += 1;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    })
+    .await;
+    // kube-apiserver watches its pairs; kube-controller-manager's client-go would re-read its
+    // own only after the old one expired (5-minute poll, 36 s left): it is restarted instead.
+    wait_for_pids(&mut pids, &dir, "kube-controller-manager", 3).await;
     assert_eq!(
-        pid_of(&dir, "kube-apiserver"),
-        Some(apiserver),
+        pids.of("kube-apiserver").len(),
+        1,
         "kube-apiserver was restarted for a leaf renewal"
     );
+    controller_manager_serves(&kubeconfig, "after-renewals").await;
+    no_expired_certificate_presented_to(&dir, "kube-apiserver");
     let stored = bed.secret_text("rot", "k8s-certs", "apiserver.crt").await;
     assert!(!stored.is_empty());
+}
+
+#[tokio::test]
+async fn short_lived_leaves_of_a_dedicated_etcd_rotate_without_restarting_it_or_failing_writes() {
+    let bed = Bed::start(&[
+        ("HOSTPLANE_LEAF_CERT_SECONDS", "90"),
+        ("HOSTPLANE_HEALTH_CHECK_SECONDS", "5"),
+    ])
+    .await;
+    bed.apply(&controlplane("rote", "  type: k8s\n  backend: dedicated\n"));
+    let cp = wait_ready_state(&bed.cps(), "rote", "True", Some("Available"), READY_TIMEOUT).await;
+    let dir = tenant_dir(&bed, &cp);
+    let ports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("ports.json")).unwrap()).unwrap();
+    let etcd_port = u16::try_from(ports["etcd_client"].as_u64().unwrap()).unwrap();
+    let (kubeconfig, _) = bed.kubeconfig("rote", "kubeconfig").await;
+    kubectl_eventually(
+        &kubeconfig,
+        &["get", "ns", "default"],
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // etcd's serving certificate and the API server's etcd client certificate are renewed
+    // with the rest; writes through the API server keep landing in etcd all along, past the
+    // expiry of the client certificate it started with.
+    let processes = ["etcd", "kube-apiserver", "kube-controller-manager"];
+    let mut pids = through_two_renewals(
+        &dir,
+        &[endpoint_port(&cp), etcd_port],
+        &processes,
+        |checks| {
+            if checks % 3 == 0 {
+                let name = format!("write-{checks}");
+                let (ok, out) = kubectl_with(
+                    kubectl(),
+                    &kubeconfig,
+                    &["create", "configmap", &name, "--from-literal=n=1"],
+                );
+                assert!(ok, "a write failed during etcd leaf renewal: {out}");
+            }
+        },
+    )
+    .await;
+    // etcd reads its pairs, and kube-apiserver its etcd client pair, on every handshake:
+    // neither restarts. kube-controller-manager does (see the test above).
+    wait_for_pids(&mut pids, &dir, "kube-controller-manager", 3).await;
+    for process in ["etcd", "kube-apiserver"] {
+        assert_eq!(
+            pids.of(process).len(),
+            1,
+            "{process} was restarted for a leaf renewal"
+        );
+    }
+    let (ok, out) = kubectl_with(kubectl(), &kubeconfig, &["get", "configmap", "write-0"]);
+    assert!(ok, "{out}");
+    controller_manager_serves(&kubeconfig, "after-renewals").await;
+    no_expired_certificate_presented_to(&dir, "kube-apiserver");
+    no_expired_certificate_presented_to(&dir, "etcd");
 }
 
 /// The full version the host has for a minor, as the controller finds it.

@@ -774,6 +774,26 @@ async fn cli_creates_lists_hands_out_kubeconfigs_and_deletes() {
 async fn kubectl_reaches_tenants_through_the_sni_proxy() {
     let port = hostplane_tests::free_port();
     let address = format!("127.0.0.1:{port}");
+    let metrics_address = format!("127.0.0.1:{}", hostplane_tests::free_port());
+    // The proxy's /metrics as Prometheus scrapes it.
+    let metrics = || -> String {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(&metrics_address).expect("proxy /metrics");
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        answer
+    };
+    // One series' value (0 before it is first counted).
+    let scrape = |series: &str| -> u64 {
+        metrics()
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    };
+    let unknown_name = r#"hostplane_proxy_connections_total{tenant="unknown",result="rejected",reason="unknown_server_name"}"#;
     let bed = Bed::start(&[
         ("HOSTPLANE_PROXY_ADDRESS", &address),
         ("HOSTPLANE_TENANT_DOMAIN", "tenants.test"),
@@ -788,6 +808,8 @@ async fn kubectl_reaches_tenants_through_the_sni_proxy() {
             "--tenant-domain",
             "tenants.test",
             "--no-download",
+            "--metrics-listen",
+            &metrics_address,
         ])
         .env("KUBECONFIG", bed.host.kubeconfig_path())
         .stdout(log.try_clone().unwrap())
@@ -839,15 +861,30 @@ async fn kubectl_reaches_tenants_through_the_sni_proxy() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    // A name the proxy does not know is closed, never routed elsewhere.
+    let routed_a =
+        r#"hostplane_proxy_connections_total{tenant="via-proxy",result="routed",reason="ok"}"#;
+    assert!(
+        scrape(routed_a) > 0,
+        "kubectl's connections not counted for its tenant"
+    );
+
+    // A name the proxy does not know is closed, never routed elsewhere, and counted as unknown.
     let stranger = bed.controller.state_dir.join("stranger.kubeconfig");
     std::fs::write(
         &stranger,
         text.replace("via-proxy.tenants.test", "nobody.tenants.test"),
     )
     .unwrap();
+    let unknown_before = scrape(unknown_name);
     let (ok, out) = kubectl_with(kubectl(), &stranger, &["get", "ns"]);
     assert!(!ok, "an unknown tenant name was served: {out}");
+    assert!(
+        scrape(unknown_name) > unknown_before,
+        "the wrong server name was not counted as unknown"
+    );
+    // Names that clients make up never become label values.
+    let exposed = metrics();
+    assert!(!exposed.contains("nobody"), "{exposed}");
 
     // A second tenant behind the same port: each name reaches its own API server.
     bed.create("via-proxy-b", "").await;
@@ -875,8 +912,22 @@ async fn kubectl_reaches_tenants_through_the_sni_proxy() {
     // Deleting a tenant removes its route; the other stays reachable.
     let (ok, out) = bed.host_kubectl(&["delete", "cp", "via-proxy", "--timeout=120s"], None);
     assert!(ok, "{out}");
-    let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns", "--request-timeout=5s"]);
-    assert!(!ok, "a deleted tenant is still reachable: {out}");
+    // Refused as a name without a route (not merely a route to a stopped backend, which would
+    // count as backend_connect), once the proxy's watch has seen the deletion.
+    let unknown_before = scrape(unknown_name);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns", "--request-timeout=5s"]);
+        assert!(!ok, "a deleted tenant is still reachable: {out}");
+        if scrape(unknown_name) > unknown_before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted tenant's route was not removed: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let (ok, out) = kubectl_with(kubectl(), &path_b, &["get", "ns", "kube-system"]);
     assert!(ok, "the other tenant lost its route: {out}");
 }
@@ -886,7 +937,8 @@ async fn post_create_hooks_are_applied_tracked_and_repaired() {
     let bed = Bed::start(&[("HOSTPLANE_HEALTH_CHECK_SECONDS", "3")]).await;
     let api = bed.cps();
     // The ControlPlane names a hook that does not exist yet: the tenant is still Ready (hooks do
-    // not hold it by default), and the hook is reported as failed with a reason.
+    // not hold it by default), and the hook is reported as failed with a reason, then as Pending
+    // until its retry.
     bed.apply(
         "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: hooked\nspec:\n  globalVars:\n    team: blue\n  postCreateHooks:\n  - hookName: greeter\n    vars:\n      greeting: hi\n",
     );
@@ -902,16 +954,50 @@ async fn post_create_hooks_are_applied_tracked_and_repaired() {
         READY_TIMEOUT,
     )
     .await;
-    assert_eq!(
-        condition(&held, "Ready").unwrap().2,
-        "waiting for post-create hooks: absent-hook (Failed)"
+    assert!(
+        condition(&held, "Ready")
+            .unwrap()
+            .2
+            .starts_with("waiting for post-create hooks: absent-hook ("),
+        "{held:?}"
     );
+    // Between retries the hook is Pending, saying when it is retried and why it failed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        let cp = api.get("held").await.unwrap();
+        let ready = condition(&cp, "Ready").unwrap().2;
+        let hook = cp.status.and_then(|s| s.hook_statuses.first().cloned());
+        if let Some(hook) = hook
+            .as_ref()
+            .filter(|h| h.phase == hostplane_crds::HookPhase::Pending)
+            && ready == "waiting for post-create hooks: absent-hook (Pending)"
+        {
+            break hook.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hook never waited for its retry as Pending: {ready}; {hook:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        waiting.message.starts_with("waiting for retry ")
+            && waiting
+                .message
+                .ends_with("; the last attempt failed: PostCreateHook absent-hook not found"),
+        "{waiting:?}"
+    );
+    assert!(waiting.attempts >= 1, "{waiting:?}");
     let cp = api.get("hooked").await.unwrap();
     let status = cp.status.unwrap();
-    assert_eq!(
-        status.hook_statuses[0].message,
-        "PostCreateHook greeter not found"
+    assert!(
+        status.hook_statuses[0]
+            .message
+            .ends_with("PostCreateHook greeter not found"),
+        "{:?}",
+        status.hook_statuses
     );
+    assert_eq!(status.post_create_hooks.get("greeter"), Some(&false));
     assert!(!status.post_create_hook_completed);
     let (_, out) = bed.host_kubectl(&["describe", "cp", "hooked"], None);
     assert!(
@@ -1103,6 +1189,26 @@ async fn idle_tenants_hibernate_and_wake_on_the_first_connection() {
         .collect();
     assert_eq!(pids.len(), 3, "tenant processes should run");
     let rss: u64 = pids.iter().map(|p| rss_kib(*p)).sum();
+    assert!(rss > 0, "no resident memory read for {pids:?}");
+    // Every tenant process runs in the tenant's state dir, recorded in a pid file or not.
+    let tenant_dir = dir.canonicalize().unwrap();
+    let running_in_tenant_dir = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == tenant_dir)
+                    && alive(*pid)
+            })
+            .collect()
+    };
+    let running = running_in_tenant_dir();
+    assert!(
+        pids.iter().all(|p| running.contains(p)),
+        "tenant processes {pids:?} should run in {}: {running:?}",
+        tenant_dir.display()
+    );
 
     // No traffic for idleAfterSeconds: hibernated, processes gone.
     let hibernated = wait_ready_state(
@@ -1118,6 +1224,24 @@ async fn idle_tenants_hibernate_and_wake_on_the_first_connection() {
         "the tenant processes to stop",
         Duration::from_secs(30),
         || pids.iter().all(|p| !alive(*p)),
+    )
+    .await;
+    // Memory freed: nothing of the tenant is left resident, recorded or not, and no pid file
+    // is left for a later controller to adopt.
+    let rss_left: Vec<(i32, u64)> = pids.iter().map(|p| (*p, rss_kib(*p))).collect();
+    assert!(
+        rss_left.iter().all(|(_, kib)| *kib == 0),
+        "hibernated tenant processes still resident (pid, KiB): {rss_left:?}"
+    );
+    let leftovers = running_in_tenant_dir();
+    assert!(
+        leftovers.is_empty(),
+        "tenant processes still run after hibernation: {leftovers:?}"
+    );
+    wait_for(
+        "the pid files to be removed",
+        Duration::from_secs(10),
+        || recorded_pids(&dir).is_empty(),
     )
     .await;
     eprintln!("hibernation freed {} MiB of resident memory", rss / 1024);
@@ -1436,46 +1560,42 @@ spec:
 }
 
 /// The built-in kubevirt-nodes hook: one KubeVirt VirtualMachine per node whose cloud-init joins
-/// the tenant with a live bootstrap token; the tenant runs kube-scheduler; scaling node_count
-/// down removes the VM and the tenant's Node for it.
+/// the tenant with a live bootstrap token — proven by a node client doing the TLS bootstrap with
+/// exactly the VM's endpoint (through the SNI proxy), token and CA pin; the tenant runs
+/// kube-scheduler. Scaling node_count up adds a VM with a live token; scaling down retires
+/// Nodes in order: cordon, drain through the Eviction API (a PodDisruptionBudget holds a pod
+/// until the drain timeout), delete the Node, then the VM — and a Node whose VM was deleted
+/// behind the controller's back is still drained and removed.
 #[tokio::test]
-async fn kubevirt_nodes_hook_makes_joinable_vms_and_scales_down() {
+async fn kubevirt_nodes_hook_makes_joinable_vms_and_scales_up_and_down() {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+
+    const DRAIN_TIMEOUT_SECONDS: u64 = 15;
     let port = hostplane_tests::free_port();
     let address = format!("127.0.0.1:{port}");
-    let bed = Bed::start(&[
-        ("HOSTPLANE_PROXY_ADDRESS", &address),
-        ("HOSTPLANE_TENANT_DOMAIN", "tenants.test"),
-        ("HOSTPLANE_HEALTH_CHECK_SECONDS", "3"),
-    ])
-    .await;
-    // The host has KubeVirt's VirtualMachine CRD, as KubeVirt installs it.
-    let mut crd_command = std::process::Command::new(hostplane_tests::kubevirt_check());
-    crd_command.arg("crd");
-    let crd = hostplane_tests::run_command(crd_command, None);
-    assert!(crd.success(), "{}", crd.combined());
-    // Server-side: the CRD is too large for client-side apply's last-applied annotation.
-    let (ok, out) = bed.host_kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd.stdout));
-    assert!(ok, "{out}");
-    hostplane_controller::embedded::wait_kinds_served(
-        &bed.host.client(),
-        "kubevirt.io",
-        &["VirtualMachine"],
-        Duration::from_secs(60),
+    let drain_timeout = DRAIN_TIMEOUT_SECONDS.to_string();
+    let bed = ControllerBed::with(
+        None,
+        &[
+            ("HOSTPLANE_PROXY_ADDRESS", &address),
+            ("HOSTPLANE_TENANT_DOMAIN", "tenants.test"),
+            ("HOSTPLANE_HEALTH_CHECK_SECONDS", "3"),
+            ("HOSTPLANE_NODE_DRAIN_TIMEOUT_SECONDS", &drain_timeout),
+        ],
     )
-    .await
-    .unwrap();
+    .await;
+    let _proxy = SniProxy::start(&bed, &address);
+    install_kubevirt_crd(&bed.host).await;
 
-    bed.apply(
+    let out = bed.host.run_kubectl_with_stdin(
+        &["apply", "-f", "-"],
         "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: workers\nspec:\n  postCreateHooks:\n  - hookName: kubevirt-nodes\n    vars:\n      node_count: \"2\"\n",
     );
-    let cp = wait_ready_state(
-        &bed.cps(),
-        "workers",
-        "True",
-        Some("Available"),
-        READY_TIMEOUT,
-    )
-    .await;
+    assert!(out.success(), "{}", out.combined());
+    let cps = bed.cps();
+    let cp = wait_ready_state(&cps, "workers", "True", Some("Available"), READY_TIMEOUT).await;
     let vms = kube::Api::<kube::api::DynamicObject>::namespaced_with(
         bed.host.client(),
         "workers-system",
@@ -1484,108 +1604,392 @@ async fn kubevirt_nodes_hook_makes_joinable_vms_and_scales_down() {
             "virtualmachines",
         ),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let names = loop {
-        let mut names: Vec<String> = vms
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter_map(|vm| vm.metadata.name.clone())
-            .collect();
-        names.sort();
-        if names.len() == 2 {
-            break names;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "VMs never appeared: {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    assert_eq!(names, ["workers-node-0", "workers-node-1"]);
+    wait_vm_names(&vms, &["workers-node-0", "workers-node-1"]).await;
 
-    // The cloud-init joins through the proxy name with a token that exists in the tenant.
-    let vm = serde_json::to_string(&vms.get("workers-node-0").await.unwrap()).unwrap();
-    let join = regex_lite_find(&vm, "kubeadm join ").expect("cloud-init runs kubeadm join");
-    let words: Vec<&str> = join.split_whitespace().collect();
-    assert_eq!(words[2], format!("workers.tenants.test:{port}"));
-    assert_eq!(words[3], "--token");
-    let token = words[4].trim_end_matches(['"', '\\', ',']);
-    assert!(words[6].starts_with("sha256:"), "{join}");
-    let (kubeconfig, _) = bed.kubeconfig("workers").await;
-    // The admin kubeconfig goes through the proxy; talk to the tenant directly instead.
-    let direct = bed.controller.state_dir.join("workers-direct.kubeconfig");
-    let secret = Api::<Secret>::namespaced(bed.host.client(), "workers-system")
-        .get("admin-kubeconfig")
-        .await
-        .unwrap();
-    std::fs::write(&direct, &secret.data.unwrap()["kubeconfig-incluster"].0).unwrap();
-    drop(kubeconfig);
-    let token_id = token.split('.').next().unwrap();
-    let (ok, out) = kubectl_with(
-        kubectl(),
-        &direct,
-        &[
-            "-n",
-            "kube-system",
-            "get",
-            "secret",
-            &format!("bootstrap-token-{token_id}"),
-        ],
-    );
-    assert!(
-        ok,
-        "the bootstrap token in the VM does not exist in the tenant: {out}"
-    );
+    // What the VM's cloud-init runs: kubeadm join through the proxy name, with a token that
+    // exists in the tenant and the tenant CA's pin.
+    let tenant = tenant_admin_client(&bed.host.client(), "workers").await;
+    let tokens = Api::<Secret>::namespaced(tenant.clone(), "kube-system");
+    let join0 = vm_join(&vms, "workers-node-0").await;
+    assert_eq!(join0.endpoint, format!("workers.tenants.test:{port}"));
+    assert_live_token(&tokens, &join0.token).await;
     // A tenant with workers schedules pods.
-    let dir = bed.tenant_dir(&cp);
+    let dir = cp_tenant_dir(&bed, &cp);
     assert!(
         pid_of(&dir, "kube-scheduler").is_some_and(alive),
         "no kube-scheduler"
     );
 
-    // A node joined as VM 1 (its Node object), then node_count goes down to 1.
-    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: workers-node-1\n";
-    let mut apply = std::process::Command::new(kubectl());
-    apply.args(["--kubeconfig", direct.to_str().unwrap(), "apply", "-f", "-"]);
-    let out = hostplane_tests::run_command(apply, Some(node));
-    assert!(out.success(), "{}", out.combined());
-    let (ok, out) = bed.host_kubectl(
-        &[
-            "patch",
-            "cp",
-            "workers",
-            "--type=json",
-            "-p",
-            r#"[{"op":"replace","path":"/spec/postCreateHooks/0/vars/node_count","value":"1"}]"#,
-        ],
-        None,
+    // That join works: the node client does kubelet's TLS bootstrap with the VM's own
+    // endpoint (resolved to the proxy, as the VM's DNS would), token and pin.
+    let joined = join_as_vm(&join0, "workers-node-0").await;
+    assert_eq!(
+        joined.user.username.as_deref(),
+        Some("system:node:workers-node-0")
     );
-    assert!(ok, "{out}");
+    let csr = &joined.csr.spec;
+    let token_id = join0.token.split('.').next().unwrap();
+    assert_eq!(
+        csr.username.as_deref(),
+        Some(format!("system:bootstrap:{token_id}").as_str())
+    );
+    let groups = csr.groups.clone().unwrap_or_default();
+    assert!(
+        groups.iter().any(|g| g == "system:bootstrappers"),
+        "the CSR was not made as a bootstrap token: {groups:?}"
+    );
+
+    // Scale up 2 → 3: the new VM comes with a live token of its own cloud-init, and joins.
+    patch_node_count(&bed, "3");
+    wait_vm_names(
+        &vms,
+        &["workers-node-0", "workers-node-1", "workers-node-2"],
+    )
+    .await;
+    let join2 = vm_join(&vms, "workers-node-2").await;
+    assert_eq!(join2.endpoint, join0.endpoint);
+    assert_eq!(join2.ca_cert_hash, join0.ca_cert_hash);
+    assert_live_token(&tokens, &join2.token).await;
+    let join1 = vm_join(&vms, "workers-node-1").await;
+    let (node1, node2) = tokio::join!(
+        join_as_vm(&join1, "workers-node-1"),
+        join_as_vm(&join2, "workers-node-2")
+    );
+    assert_eq!(node1.node.metadata.name.as_deref(), Some("workers-node-1"));
+    assert_eq!(node2.node.metadata.name.as_deref(), Some("workers-node-2"));
+
+    // Workloads on the Nodes that will go: a plain pod on node 1; on node 2 a Running, Ready pod
+    // whose PodDisruptionBudget allows no disruption.
+    let pods = Api::<Pod>::namespaced(tenant.clone(), "default");
+    let pod = |name: &str, node: &str| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "app": name } },
+            "spec": {
+                "nodeName": node,
+                "containers": [{ "name": "app", "image": "registry.k8s.io/pause:3.10" }],
+            },
+        }))
+        .unwrap()
+    };
+    let pp = PostParams::default();
+    pods.create(&pp, &pod("plain", "workers-node-1"))
+        .await
+        .unwrap();
+    pods.create(&pp, &pod("guarded", "workers-node-2"))
+        .await
+        .unwrap();
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let running = serde_json::json!({ "status": {
+        "phase": "Running",
+        "conditions": [{ "type": "Ready", "status": "True", "lastTransitionTime": now }],
+    }});
+    pods.patch_status("guarded", &PatchParams::default(), &Patch::Merge(&running))
+        .await
+        .unwrap();
+    let pdbs = Api::<PodDisruptionBudget>::namespaced(tenant.clone(), "default");
+    let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "guarded" },
+        "spec": { "minAvailable": 1, "selector": { "matchLabels": { "app": "guarded" } } },
+    }))
+    .unwrap();
+    pdbs.create(&pp, &pdb).await.unwrap();
+    // The tenant's disruption controller counts the pod healthy: no disruption allowed.
+    wait_for_async(
+        "the PodDisruptionBudget to count the guarded pod",
+        || async {
+            let status = pdbs
+                .get("guarded")
+                .await
+                .unwrap()
+                .status
+                .unwrap_or_default();
+            status.current_healthy == Some(1) && status.disruptions_allowed.unwrap_or(0) == 0
+        },
+    )
+    .await;
+
+    // Scale down 3 → 1.
+    let scaled_down = std::time::Instant::now();
+    patch_node_count(&bed, "1");
+    let nodes = Api::<Node>::all(tenant.clone());
+    // Node 1: its pod goes before the Node, the Node before its VM. Each poll reads the VM,
+    // then the Node, then the pod, so "VM gone, Node still there" is a real violation.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let gone = vms.get_opt("workers-node-1").await.unwrap().is_none();
-        let (_, nodes) = kubectl_with(kubectl(), &direct, &["get", "nodes", "-o", "name"]);
-        if gone && !nodes.contains("workers-node-1") {
+        let vm_gone = vms.get_opt("workers-node-1").await.unwrap().is_none();
+        let node_gone = nodes.get_opt("workers-node-1").await.unwrap().is_none();
+        let pod_gone = pods.get_opt("plain").await.unwrap().is_none();
+        assert!(
+            !vm_gone || node_gone,
+            "VM workers-node-1 was deleted before its Node"
+        );
+        assert!(
+            !node_gone || pod_gone,
+            "Node workers-node-1 was deleted while pod plain was still bound to it"
+        );
+        if vm_gone {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "VM 1 or its Node stayed after scaling down (VM gone: {gone}; nodes: {nodes})"
+            "workers-node-1 was not retired (Node gone: {node_gone}, pod gone: {pod_gone})"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(vms.get_opt("workers-node-0").await.unwrap().is_some());
+
+    // Node 2 is cordoned and draining: the budget holds its pod, so Node and VM stay.
+    let node = nodes.get("workers-node-2").await.unwrap();
+    assert_eq!(node.spec.and_then(|s| s.unschedulable), Some(true));
+    let guarded = pods.get("guarded").await.unwrap();
+    assert!(
+        guarded.metadata.deletion_timestamp.is_none(),
+        "evicted despite its budget"
+    );
+    assert!(vms.get_opt("workers-node-2").await.unwrap().is_some());
+    // The pending removal is recorded (written at the end of the pass that retired node 1).
+    wait_for_async("status.retiringNodes to list workers-node-2", || async {
+        let status = cps.get("workers").await.unwrap().status.unwrap();
+        let retiring: Vec<String> = status
+            .retiring_nodes
+            .into_iter()
+            .map(|vm| vm.name)
+            .collect();
+        retiring == ["workers-node-2"]
+    })
+    .await;
+
+    // Its VM is deleted behind the controller's back (the race): the pending removal is kept in
+    // status, so the Node is still drained — the pod deleted once the drain timeout is up — and
+    // removed.
+    vms.delete("workers-node-2", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let pod_gone_after = loop {
+        let node_gone = nodes.get_opt("workers-node-2").await.unwrap().is_none();
+        let pod_gone = pods.get_opt("guarded").await.unwrap().is_none();
+        assert!(
+            !node_gone || pod_gone,
+            "Node workers-node-2 was deleted while pod guarded was still bound to it"
+        );
+        if node_gone {
+            break scaled_down.elapsed();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Node workers-node-2 leaked after its VM was deleted (pod gone: {pod_gone})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        pod_gone_after >= Duration::from_secs(DRAIN_TIMEOUT_SECONDS - 2),
+        "the budget was not respected until the drain timeout: gone after {pod_gone_after:?}"
+    );
+    wait_for_async("status.retiringNodes to empty", || async {
+        let status = cps.get("workers").await.unwrap().status.unwrap();
+        status.retiring_nodes.is_empty()
+    })
+    .await;
+    wait_vm_names(&vms, &["workers-node-0"]).await;
+    let node0 = nodes.get("workers-node-0").await.unwrap();
+    assert_ne!(node0.spec.and_then(|s| s.unschedulable), Some(true));
 }
 
-/// The text from `needle` to the end of its line (or JSON string).
-fn regex_lite_find<'a>(haystack: &'a str, needle: &str) -> Option<&'a str> {
-    let start = haystack.find(needle)?;
-    let rest = &haystack[start..];
-    let end = rest.find("\\n").unwrap_or(rest.len());
-    Some(&rest[..end])
+/// A `hostplane proxy` on `address` for the bed's tenants, stopped when dropped.
+struct SniProxy(std::process::Child);
+
+impl SniProxy {
+    fn start(bed: &ControllerBed, address: &str) -> Self {
+        let log = std::fs::File::create(bed.controller.state_dir.join("proxy.log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hostplane"))
+            .args(["proxy", "--listen", address])
+            .args(["--tenant-domain", "tenants.test", "--no-download"])
+            .env("KUBECONFIG", bed.host.kubeconfig_path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for SniProxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// KubeVirt's VirtualMachine CRD on the host, as KubeVirt installs it, served before returning.
+async fn install_kubevirt_crd(host: &KubeApiserver) {
+    let mut crd_command = std::process::Command::new(hostplane_tests::kubevirt_check());
+    crd_command.arg("crd");
+    let crd = hostplane_tests::run_command(crd_command, None);
+    assert!(crd.success(), "{}", crd.combined());
+    // Server-side: the CRD is too large for client-side apply's last-applied annotation.
+    let out = host.run_kubectl_with_stdin(&["apply", "--server-side", "-f", "-"], &crd.stdout);
+    assert!(out.success(), "{}", out.combined());
+    hostplane_controller::embedded::wait_kinds_served(
+        &host.client(),
+        "kubevirt.io",
+        &["VirtualMachine"],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+}
+
+fn cp_tenant_dir(bed: &ControllerBed, cp: &ControlPlane) -> PathBuf {
+    let uid = cp.metadata.uid.clone().unwrap();
+    bed.controller.state_dir.join("tenants").join(format!(
+        "{}-{}",
+        cp.metadata.name.clone().unwrap(),
+        uid.split('-').next().unwrap()
+    ))
+}
+
+/// A cluster-admin client straight to the tenant (the in-cluster kubeconfig, not the proxy).
+async fn tenant_admin_client(host: &kube::Client, name: &str) -> kube::Client {
+    let secret = Api::<Secret>::namespaced(host.clone(), &format!("{name}-system"))
+        .get("admin-kubeconfig")
+        .await
+        .unwrap();
+    let text = String::from_utf8(secret.data.unwrap()["kubeconfig-incluster"].0.clone()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&text).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+fn patch_node_count(bed: &ControllerBed, count: &str) {
+    let patch = format!(
+        r#"[{{"op":"replace","path":"/spec/postCreateHooks/0/vars/node_count","value":"{count}"}}]"#
+    );
+    let out = bed
+        .host
+        .run_kubectl(&["patch", "cp", "workers", "--type=json", "-p", &patch]);
+    assert!(out.success(), "{}", out.combined());
+}
+
+async fn wait_vm_names(vms: &Api<kube::api::DynamicObject>, want: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut names: Vec<String> = vms
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|vm| vm.metadata.name)
+            .collect();
+        names.sort();
+        if names == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "VMs are {names:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn wait_for_async<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The arguments of the `kubeadm join` a VM's cloud-init runs.
+struct VmJoin {
+    endpoint: String,
+    token: String,
+    ca_cert_hash: String,
+}
+
+async fn vm_join(vms: &Api<kube::api::DynamicObject>, name: &str) -> VmJoin {
+    let vm = vms.get(name).await.unwrap();
+    let volumes = vm.data["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let user_data = volumes
+        .iter()
+        .find_map(|v| v["cloudInitNoCloud"]["userData"].as_str())
+        .expect("the VM has cloud-init user data");
+    let line = user_data
+        .lines()
+        .find_map(|l| l.split_once("kubeadm join ").map(|(_, args)| args))
+        .expect("cloud-init runs kubeadm join");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |flag: &str| {
+        let at = words.iter().position(|w| *w == flag).expect(flag);
+        words[at + 1].to_string()
+    };
+    VmJoin {
+        endpoint: words[0].to_string(),
+        token: after("--token"),
+        ca_cert_hash: after("--discovery-token-ca-cert-hash"),
+    }
+}
+
+/// The bootstrap token Secret of `token` exists in the tenant and has not expired.
+async fn assert_live_token(tokens: &Api<Secret>, token: &str) {
+    let id = token.split('.').next().unwrap();
+    let secret = tokens
+        .get_opt(&format!("bootstrap-token-{id}"))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("the VM's bootstrap token {id} does not exist in the tenant"));
+    let data = secret.data.unwrap();
+    let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+    assert_eq!(
+        format!("{}.{}", text("token-id"), text("token-secret")),
+        token
+    );
+    let expires: k8s_openapi::jiff::Timestamp = text("expiration").parse().unwrap();
+    assert!(
+        expires > k8s_openapi::jiff::Timestamp::now(),
+        "token {id} expired"
+    );
+}
+
+/// What the VM's `kubeadm join` does, by the node-bootstrap client: its endpoint's name resolved
+/// to this machine (where the SNI proxy listens). Retried while the proxy learns the route.
+async fn join_as_vm(join: &VmJoin, node_name: &str) -> hostplane_tests::node_bootstrap::JoinedNode {
+    use hostplane_tests::node_bootstrap::{NodeBootstrapError, NodeJoin, bootstrap_node};
+    let server = format!("https://{}", join.endpoint);
+    let node = NodeJoin {
+        server: &server,
+        token: &join.token,
+        ca_cert_hash: &join.ca_cert_hash,
+        node_name,
+        timeout: Duration::from_secs(120),
+        resolve: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match bootstrap_node(&node).await {
+            Ok(joined) => return joined,
+            Err(NodeBootstrapError::ClusterInfo(e)) if std::time::Instant::now() < deadline => {
+                eprintln!("{node_name}: discovery through the proxy failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("{node_name} cannot join with its VM's cloud-init: {e}"),
+        }
+    }
 }
 
 /// Marks a Job complete through its status subresource, as the Job controller would.

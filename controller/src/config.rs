@@ -76,6 +76,9 @@ pub struct ControllerConfig {
     pub idle_after: Option<Duration>,
     /// A post-create hook's Jobs must complete within this time of its first apply.
     pub hook_timeout: Duration,
+    /// How long a retiring worker Node is drained (pods evicted, PodDisruptionBudgets
+    /// respected) before its remaining pods are deleted regardless.
+    pub node_drain_timeout: Duration,
     /// The host API server as `type: host` ControlPlanes hand it out; `None` when the controller
     /// could not tell (such ControlPlanes then get a condition saying so).
     pub host_access: Option<HostAccess>,
@@ -109,6 +112,7 @@ impl ControllerConfig {
             proxy: None,
             idle_after: None,
             hook_timeout: Duration::from_secs(600),
+            node_drain_timeout: Duration::from_secs(300),
             host_access: None,
             ca_rotation_overlap: None,
             usage_interval: Some(Duration::from_secs(30)),

@@ -1,10 +1,11 @@
 //! Prometheus metrics of the controller, and the HTTP endpoint serving them with health checks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -18,8 +19,12 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
+/// Labels of a failed pass: the pipeline step that failed (`fetch`, `validate`, `provision`,
+/// `apply`, `status`, `cleanup`, or `finalizer` for the finalizer helper's own writes) and the
+/// reason users see in the condition and the Event.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabel {
+pub struct FailureLabels {
+    pub step: String,
     pub reason: String,
 }
 
@@ -135,7 +140,7 @@ impl TenantUsageGauges {
 pub struct Metrics {
     registry: Registry,
     pub reconciles: Counter,
-    pub reconcile_failures: Family<ReasonLabel, Counter>,
+    pub reconcile_failures: Family<FailureLabels, Counter>,
     pub reconcile_duration: Histogram,
     pub provisioning_duration: Histogram,
     /// 1 while this instance reconciles: it holds the leader Lease, or runs without leader
@@ -143,6 +148,8 @@ pub struct Metrics {
     pub leader: Gauge,
     tenants_by_state: Family<StateLabel, Gauge>,
     states: Mutex<HashMap<String, String>>,
+    /// UIDs of the tenants this instance has seen Ready=True (see [`Metrics::tenant_ready`]).
+    seen_ready: Mutex<HashSet<String>>,
     pub tenant_usage: TenantUsageGauges,
 }
 
@@ -150,7 +157,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("hostplane");
         let reconciles = Counter::default();
-        let reconcile_failures = Family::<ReasonLabel, Counter>::default();
+        let reconcile_failures = Family::<FailureLabels, Counter>::default();
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         let provisioning_duration = Histogram::new(exponential_buckets(0.5, 2.0, 12));
         let tenants_by_state = Family::<StateLabel, Gauge>::default();
@@ -168,7 +175,7 @@ impl Default for Metrics {
         );
         registry.register(
             "reconcile_failures",
-            "Failed passes by the step's reason",
+            "Failed passes by the step that failed and its reason",
             reconcile_failures.clone(),
         );
         registry.register(
@@ -198,12 +205,15 @@ impl Default for Metrics {
             leader,
             tenants_by_state,
             states: Mutex::default(),
+            seen_ready: Mutex::default(),
         }
     }
 }
 
 impl Metrics {
-    /// Records the Ready reason of a tenant (`None` once it is gone).
+    /// Records the Ready reason of a tenant (`None` once it is gone). A state no tenant is in
+    /// any more loses its series: reasons are open-ended (every error reason is one), so zeros
+    /// would pile up for as long as the controller runs.
     pub fn set_tenant_state(&self, tenant: &str, state: Option<&str>) {
         let mut states = self.states.lock().expect("metrics lock");
         let previous = match state {
@@ -214,9 +224,11 @@ impl Metrics {
             return;
         }
         if let Some(p) = previous {
-            self.tenants_by_state
-                .get_or_create(&StateLabel { state: p })
-                .dec();
+            let label = StateLabel { state: p };
+            let before = self.tenants_by_state.get_or_create(&label).dec();
+            if before <= 1 {
+                self.tenants_by_state.remove(&label);
+            }
         }
         if let Some(s) = state {
             self.tenants_by_state
@@ -225,6 +237,32 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// A pass wrote Ready=True for the tenant with this UID. `provisioning` is the time from its
+    /// creation when the status showed it was the tenant's first Ready=True
+    /// (`status::first_ready`); it is observed unless this instance saw the tenant Ready
+    /// already (a hook added after it was Ready holds Ready again, which status alone cannot
+    /// tell from a first time). Returns whether it was observed.
+    pub fn tenant_ready(&self, uid: &str, provisioning: Option<Duration>) -> bool {
+        let newly_seen = self
+            .seen_ready
+            .lock()
+            .expect("metrics lock")
+            .insert(uid.to_string());
+        match provisioning {
+            Some(time) if newly_seen => {
+                self.provisioning_duration.observe(time.as_secs_f64());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops a deleted tenant's state series and what this instance remembers of it.
+    pub fn forget_tenant(&self, tenant: &str, uid: &str) {
+        self.set_tenant_state(tenant, None);
+        self.seen_ready.lock().expect("metrics lock").remove(uid);
     }
 
     pub fn encode(&self) -> String {
@@ -306,7 +344,8 @@ mod tests {
         m.set_tenant_state("a", Some("Available"));
         m.set_tenant_state("b", None);
         m.reconcile_failures
-            .get_or_create(&ReasonLabel {
+            .get_or_create(&FailureLabels {
+                step: "provision".into(),
                 reason: "DatastoreUnavailable".into(),
             })
             .inc();
@@ -315,14 +354,60 @@ mod tests {
             text.contains("hostplane_tenants{state=\"Available\"} 1"),
             "{text}"
         );
+        // No tenant is Creating any more: no series left behind.
+        assert!(!text.contains("state=\"Creating\""), "{text}");
         assert!(
-            text.contains("hostplane_tenants{state=\"Creating\"} 0"),
+            text.contains(
+                "hostplane_reconcile_failures_total{step=\"provision\",reason=\"DatastoreUnavailable\"} 1"
+            ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_deleted_tenant_leaves_no_state_series() {
+        let m = Metrics::default();
+        m.set_tenant_state("a", Some("Available"));
+        m.set_tenant_state("b", Some("Available"));
+        m.set_tenant_state("a", Some("Deleting"));
+        m.forget_tenant("a", "uid-a");
+        let text = m.encode();
         assert!(
-            text.contains("hostplane_reconcile_failures_total{reason=\"DatastoreUnavailable\"} 1"),
+            text.contains("hostplane_tenants{state=\"Available\"} 1"),
             "{text}"
         );
+        assert!(!text.contains("Deleting"), "{text}");
+        m.forget_tenant("b", "uid-b");
+        assert!(!m.encode().contains("hostplane_tenants{"), "{}", m.encode());
+    }
+
+    #[test]
+    fn provisioning_time_is_observed_once_per_tenant() {
+        let m = Metrics::default();
+        let count = |m: &Metrics| {
+            m.encode()
+                .lines()
+                .find_map(|l| l.strip_prefix("hostplane_tenant_provisioning_seconds_count "))
+                .map(str::to_string)
+        };
+        assert_eq!(count(&m).as_deref(), Some("0"));
+        // A restarted controller's first pass over a tenant that was Ready: nothing to observe.
+        assert!(!m.tenant_ready("old", None));
+        assert!(!m.tenant_ready("old", Some(Duration::from_secs(900))));
+        assert!(m.tenant_ready("new", Some(Duration::from_secs(3))));
+        // Ready again (after hooks held it, say): once is enough.
+        assert!(!m.tenant_ready("new", Some(Duration::from_secs(60))));
+        assert_eq!(count(&m).as_deref(), Some("1"));
+        assert!(
+            m.encode()
+                .contains("hostplane_tenant_provisioning_seconds_sum 3.0"),
+            "{}",
+            m.encode()
+        );
+        // A ControlPlane of the same name made again is a new tenant (a new UID).
+        m.forget_tenant("n", "new");
+        assert!(m.tenant_ready("new", Some(Duration::from_secs(4))));
+        assert_eq!(count(&m).as_deref(), Some("2"));
     }
 
     #[test]

@@ -568,6 +568,14 @@ pub fn next_renewal(files: &PkiFiles) -> Option<SystemTime> {
         .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// Whole seconds from `now` until the certificate expires, negative once it has.
+pub fn seconds_left(cert_pem: &str, now: SystemTime) -> Result<i128, PkiError> {
+    let end = with_cert("certificate", cert_pem, |c| {
+        i128::from(c.validity().not_after.timestamp())
+    })?;
+    Ok(end - unix_seconds(now))
+}
+
 /// True when a third of the certificate's lifetime or less remains at `now` (so also when it
 /// has expired).
 pub fn needs_renewal(cert_pem: &str, now: SystemTime) -> Result<bool, PkiError> {
@@ -1213,6 +1221,19 @@ mod renewal_tests {
                 "scheduler.key",
             ]
         );
+    }
+
+    #[test]
+    fn seconds_left_counts_down_to_not_after_and_below() {
+        let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let pki = ensure_pki(&PkiFiles::new(), &request(90), issued).unwrap();
+        let crt = &pki["controller-manager.crt"];
+        assert_eq!(seconds_left(crt, issued).unwrap(), 90);
+        assert_eq!(
+            seconds_left(crt, issued + Duration::from_secs(100)).unwrap(),
+            -10
+        );
+        assert!(seconds_left("garbage", issued).is_err());
     }
 
     #[test]

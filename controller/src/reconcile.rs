@@ -34,7 +34,7 @@ use crate::build::objects::{
 use crate::build::processes::{BundleInput, EtcdClientTls, Store, control_plane_bundle};
 use crate::config::{ControllerConfig, TenantRuntime};
 use crate::hibernation::{self, Decision};
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::metrics::{FailureLabels, Metrics};
 use crate::pki::{self, PkiError, PkiRequest};
 use crate::provision::adopted::{self, AdoptedError};
 use crate::provision::etcd::{self, EtcdError, SharedEtcd, TenantEtcdUser};
@@ -67,6 +67,7 @@ mod manager {
     pub const STATUS: &str = "hostplane-controller-status";
     pub const DATASTORE_STATUS: &str = "hostplane-controller-datastore";
     pub const HOOKS_STATUS: &str = "hostplane-controller-hooks";
+    pub const RETIRING_NODES: &str = "hostplane-controller-retiring-nodes";
 }
 
 /// Why a pass failed; the variant names the step, and becomes the condition reason and the
@@ -103,6 +104,8 @@ pub enum ReconcileError {
     Pods(#[from] PodsError),
     #[error("applying {what}: {source}")]
     Apply { what: String, source: kube::Error },
+    #[error("writing {what}: {source}")]
+    Status { what: String, source: kube::Error },
     #[error("{0}")]
     TenantAccess(#[from] TenantAccessError),
     #[error("deleting {what}: {detail}")]
@@ -126,11 +129,60 @@ impl ReconcileError {
             Self::Runtime(e) => e.reason(),
             Self::Pods(e) => e.reason(),
             Self::Apply { .. } => "ApplyFailed",
+            Self::Status { .. } => "StatusFailed",
             Self::TenantAccess(_) => "TenantAccessFailed",
             Self::Cleanup { .. } => "CleanupFailed",
             Self::Adopted(e) => e.reason(),
             Self::Limits { .. } => "LimitsFailed",
         }
+    }
+
+    /// The pipeline step (DESIGN.md, "Reconcile pipeline") that failed, for the failure
+    /// metric: the reason says why, the step says where.
+    pub fn step(&self) -> &'static str {
+        match self {
+            Self::Fetch { .. }
+            | Self::DatastoreSecret { .. }
+            | Self::Adopted(AdoptedError::BootstrapSecret { .. }) => step::FETCH,
+            Self::Invalid(_) => step::VALIDATE,
+            Self::Datastore(_)
+            | Self::SharedEtcd(_)
+            | Self::ExternalDatastore { .. }
+            | Self::Certificates(_)
+            | Self::TenantAccess(_)
+            | Self::Adopted(_) => step::PROVISION,
+            Self::Runtime(_) | Self::Pods(_) | Self::Apply { .. } | Self::Limits { .. } => {
+                step::APPLY
+            }
+            Self::Status { .. } => step::STATUS,
+            Self::Cleanup { .. } => step::CLEANUP,
+        }
+    }
+}
+
+/// Names of the pipeline steps, as the failure metric labels them.
+pub mod step {
+    pub const FETCH: &str = "fetch";
+    pub const VALIDATE: &str = "validate";
+    pub const PROVISION: &str = "provision";
+    pub const APPLY: &str = "apply";
+    pub const STATUS: &str = "status";
+    /// Teardown (the finalizer's cleanup branch), whatever part of it failed.
+    pub const CLEANUP: &str = "cleanup";
+    /// The finalizer helper's own writes (adding or removing the finalizer).
+    pub const FINALIZER: &str = "finalizer";
+}
+
+/// The labels a failed pass is counted under.
+fn failure_labels(error: &finalizer::Error<ReconcileError>) -> FailureLabels {
+    let (step, reason) = match error {
+        finalizer::Error::ApplyFailed(e) => (e.step(), e.reason()),
+        finalizer::Error::CleanupFailed(e) => (step::CLEANUP, e.reason()),
+        _ => (step::FINALIZER, "FinalizerFailed"),
+    };
+    FailureLabels {
+        step: step.into(),
+        reason: reason.into(),
     }
 }
 
@@ -288,15 +340,9 @@ async fn reconcile(
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
     if let Err(e) = &result {
-        let reason = match e {
-            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
-            _ => "FinalizerFailed",
-        };
         ctx.metrics
             .reconcile_failures
-            .get_or_create(&ReasonLabel {
-                reason: reason.into(),
-            })
+            .get_or_create(&failure_labels(e))
             .inc();
     }
     result
@@ -336,6 +382,7 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
             // A spec we cannot build: say so and wait for it to change (no hot retry loop).
             let ready = ConditionState::new(false, e.reason(), e.to_string());
             let synced = ConditionState::new(false, reason::RECONCILE_ERROR, e.to_string());
+            record_hooks_waiting(ctx, cp, &ready).await?;
             write_status(ctx, cp, ready, synced, None).await?;
             publish(ctx, cp, EventType::Warning, e.reason(), e.to_string()).await;
             return Ok(Action::await_change());
@@ -423,6 +470,7 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
                 )
             };
             let ready = ConditionState::new(false, why, message.clone());
+            record_hooks_waiting(ctx, cp, &ready).await?;
             write_status(
                 ctx,
                 cp,
@@ -439,6 +487,9 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
         Err(e) => {
             let ready = ConditionState::new(false, e.reason(), e.to_string());
             let synced = ConditionState::new(false, reason::RECONCILE_ERROR, e.to_string());
+            if let Err(status_err) = record_hooks_waiting(ctx, cp, &ready).await {
+                warn!(error = %status_err, "cannot write hook status");
+            }
             if let Err(status_err) = write_status(ctx, cp, ready, synced, None).await {
                 warn!(error = %status_err, "cannot write status");
             }
@@ -686,9 +737,7 @@ async fn serve_tenant(
         now: Timestamp::now(),
     };
     let hooks = hooks::apply_hooks(&ctx.client, cp, plan, &pass).await;
-    if !hooks.removed_nodes.is_empty() {
-        tenant_access::remove_nodes(client, &hooks.removed_nodes).await?;
-    }
+    retire_nodes(cp, ctx, (&endpoint, pki), &hooks).await?;
     Ok(Progress::Ready(ReadyReport {
         endpoint,
         version: plan.release.version.clone(),
@@ -698,6 +747,47 @@ async fn serve_tenant(
         unreachable: None,
         quota,
     }))
+}
+
+/// Worker nodes no hook renders any more: each tenant Node drained and deleted, then its VM.
+/// What is left is recorded in `status.retiringNodes` before the hook statuses stop listing
+/// those VMs, so a crash or a failed step never loses a removal (and never leaks a Node).
+async fn retire_nodes(
+    cp: &ControlPlane,
+    ctx: &Context,
+    (endpoint, pki): (&str, &pki::PkiFiles),
+    hooks: &hooks::HookReport,
+) -> Result<(), ReconcileError> {
+    let recorded = cp
+        .status
+        .as_ref()
+        .map(|s| s.retiring_nodes.as_slice())
+        .unwrap_or_default();
+    let left = if hooks.retiring.is_empty() && hooks.reprieved.is_empty() {
+        hooks::Retirements::default()
+    } else {
+        let tenant = tenant_access::drain_client(endpoint, pki).await?;
+        let now = Timestamp::now();
+        hooks::retire_nodes(
+            &ctx.client,
+            &tenant,
+            hooks,
+            ctx.config.node_drain_timeout,
+            now,
+        )
+        .await
+    };
+    if left.remaining != recorded {
+        apply_status(
+            ctx,
+            cp,
+            manager::RETIRING_NODES,
+            "status.retiringNodes",
+            json!({ "retiringNodes": left.remaining }),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Polls the tenant's /readyz briefly: a starting API server is usually ready within seconds,
@@ -980,6 +1070,17 @@ async fn record_hooks(
     .await
 }
 
+/// Hooks of a tenant that is not Ready (`ready`): those not applied yet are Pending, waiting
+/// for it.
+async fn record_hooks_waiting(
+    ctx: &Context,
+    cp: &ControlPlane,
+    ready: &ConditionState,
+) -> Result<(), ReconcileError> {
+    let waiting_for = format!("the tenant to be Ready (now {})", ready.reason);
+    record_hooks(ctx, cp, &hooks::waiting_statuses(cp, &waiting_for)).await
+}
+
 async fn record_datastore(
     ctx: &Context,
     cp: &ControlPlane,
@@ -1081,9 +1182,10 @@ async fn write_status(
     report: Option<&ReadyReport>,
 ) -> Result<(), ReconcileError> {
     let previous = cp.status.clone().unwrap_or_default();
-    ctx.metrics
-        .set_tenant_state(&cp.name_any(), Some(&ready.reason));
     let now = Time(Timestamp::now());
+    let state = ready.reason.clone();
+    let ready_now = ready.status;
+    let first_ready = status::first_ready(&previous, ready_now);
     let hibernated = ready.reason == reason::HIBERNATED;
     let mut updates = vec![(READY, ready), (SYNCED, synced)];
     // Written with Ready: the list is one field, and a second writer would race this one.
@@ -1120,7 +1222,29 @@ async fn write_status(
             in_cluster_key: KUBECONFIG_INCLUSTER_KEY.into(),
         });
     }
-    apply_status(ctx, cp, manager::STATUS, "status", status).await
+    apply_status(ctx, cp, manager::STATUS, "status", status).await?;
+    // Metrics follow what status says, so only once it was written (a ControlPlane deleted
+    // meanwhile must not come back as a series).
+    ctx.metrics.set_tenant_state(&cp.name_any(), Some(&state));
+    if ready_now {
+        let provisioning = first_ready.then(|| provisioning_time(cp, now.0));
+        if ctx
+            .metrics
+            .tenant_ready(&cp.uid().unwrap_or_default(), provisioning)
+        {
+            info!(controlplane = %cp.name_any(), seconds = ?provisioning, "first Ready");
+        }
+    }
+    Ok(())
+}
+
+/// From the ControlPlane's creation to `now` (zero when clocks disagree).
+fn provisioning_time(cp: &ControlPlane, now: Timestamp) -> Duration {
+    cp.metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|created| Duration::try_from(now.duration_since(created.0)).ok())
+        .unwrap_or_default()
 }
 
 /// Server-side apply of part of the status, owned by `manager`: fields another call site owns
@@ -1140,7 +1264,7 @@ async fn apply_status(
             &Patch::Apply(patch),
         )
         .await
-        .map_err(|source| ReconcileError::Apply {
+        .map_err(|source| ReconcileError::Status {
             what: what.into(),
             source,
         })?;
@@ -1240,6 +1364,9 @@ async fn cleanup_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reco
         format!("tenant control plane {name} torn down"),
     )
     .await;
+    // Gone once the finalizer helper removes the finalizer; a failed removal runs this branch
+    // again, which writes Deleting back first.
+    ctx.metrics.forget_tenant(&name, &uid);
     Ok(Action::await_change())
 }
 
@@ -1312,4 +1439,65 @@ async fn adopted_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reco
             ctx.config.health_interval.min(ctx.config.resync),
         );
     Ok(Action::requeue(requeue))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(step: &str, reason: &str) -> FailureLabels {
+        FailureLabels {
+            step: step.into(),
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn failures_are_counted_by_the_step_that_failed_and_its_reason() {
+        let secret = || ReconcileError::DatastoreSecret {
+            namespace: "ns".into(),
+            name: "dsn".into(),
+            problem: "does not exist",
+        };
+        let limits = ReconcileError::Limits {
+            what: "ResourceQuota".into(),
+            detail: "refused".into(),
+        };
+        let cleanup = || ReconcileError::Cleanup {
+            what: "Namespace acme-system".into(),
+            detail: "refused".into(),
+        };
+        let cases = [
+            (
+                finalizer::Error::ApplyFailed(secret()),
+                labels("fetch", "DatastoreSecretInvalid"),
+            ),
+            (
+                finalizer::Error::ApplyFailed(ReconcileError::Adopted(
+                    AdoptedError::HostAccessUnknown,
+                )),
+                labels("provision", "HostAccessUnknown"),
+            ),
+            (
+                finalizer::Error::ApplyFailed(limits),
+                labels("apply", "LimitsFailed"),
+            ),
+            // Whatever fails during teardown, the step is the teardown.
+            (
+                finalizer::Error::CleanupFailed(secret()),
+                labels("cleanup", "DatastoreSecretInvalid"),
+            ),
+            (
+                finalizer::Error::CleanupFailed(cleanup()),
+                labels("cleanup", "CleanupFailed"),
+            ),
+            (
+                finalizer::Error::UnnamedObject,
+                labels("finalizer", "FinalizerFailed"),
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(failure_labels(&error), expected, "{error}");
+        }
+    }
 }

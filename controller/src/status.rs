@@ -2,7 +2,7 @@
 //! its status does, and `lastUpdateTime` only when anything in it does, so an unchanged pass
 //! writes an identical status (no watch event, no reconcile loop).
 
-use hostplane_crds::ControlPlaneCondition;
+use hostplane_crds::{ControlPlaneCondition, ControlPlaneStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 pub const READY: &str = "Ready";
@@ -90,6 +90,28 @@ pub fn is_ready(conditions: &[ControlPlaneCondition]) -> bool {
         .any(|c| c.type_ == READY && c.status == "True")
 }
 
+/// Whether a pass that writes Ready=`ready_now` over `previous` (the status it read) makes the
+/// tenant Ready for the first time: its provisioning time is recorded then, once.
+///
+/// Decided from status, which outlives the controller, so that a restarted or new leader
+/// neither records a Ready tenant again nor one that recovers from an outage: Ready was not
+/// True, and the tenant had never been served — it has no `endpoint` yet (written with the
+/// first ready report and kept through outages), or it has one only because
+/// `waitForPostCreateHooks` held Ready (reason WaitingForPostCreateHooks) while its hooks had
+/// not completed. A tenant held by hooks that then failed another way before becoming Ready is
+/// not recorded at all: missing one sample beats recording an outage as provisioning time.
+pub fn first_ready(previous: &ControlPlaneStatus, ready_now: bool) -> bool {
+    if !ready_now || is_ready(&previous.conditions) {
+        return false;
+    }
+    let held_by_hooks = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.reason == reason::WAITING_FOR_HOOKS)
+        && !previous.post_create_hook_completed;
+    previous.endpoint.is_none() || held_by_hooks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +168,52 @@ mod tests {
         assert_eq!(flip[0].last_transition_time, t("2026-01-01T03:00:00Z"));
         assert!(!is_ready(&flip));
         assert!(is_ready(&msg));
+    }
+
+    #[test]
+    fn first_ready_is_the_first_true_of_a_tenant_never_served() {
+        let at = t("2026-01-01T00:00:00Z");
+        let with_ready = |status: bool, why: &str, endpoint: Option<&str>| ControlPlaneStatus {
+            conditions: merge_conditions(
+                &[],
+                &[(READY, ConditionState::new(status, why, ""))],
+                &at,
+            ),
+            endpoint: endpoint.map(str::to_string),
+            ..Default::default()
+        };
+        let endpoint = Some("https://127.0.0.1:6443");
+        // Creation: nothing written yet, or Creating.
+        assert!(first_ready(&ControlPlaneStatus::default(), true));
+        assert!(first_ready(
+            &with_ready(false, reason::CREATING, None),
+            true
+        ));
+        // Not Ready now, or Ready already (the pass after, or a restarted controller's first).
+        assert!(!first_ready(
+            &with_ready(false, reason::CREATING, None),
+            false
+        ));
+        assert!(!first_ready(
+            &with_ready(true, reason::AVAILABLE, endpoint),
+            true
+        ));
+        // Back from an outage or hibernation: served before.
+        assert!(!first_ready(
+            &with_ready(false, reason::UNAVAILABLE, endpoint),
+            true
+        ));
+        assert!(!first_ready(
+            &with_ready(false, reason::HIBERNATED, endpoint),
+            true
+        ));
+        // Held by hooks since it first answered: the first Ready=True comes when they complete.
+        let held = with_ready(false, reason::WAITING_FOR_HOOKS, endpoint);
+        assert!(first_ready(&held, true));
+        let completed_before = ControlPlaneStatus {
+            post_create_hook_completed: true,
+            ..held
+        };
+        assert!(!first_ready(&completed_before, true));
     }
 }

@@ -324,6 +324,12 @@ pub struct ControlPlaneStatus {
     /// Per-hook progress, richer than `postCreateHooks`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hook_statuses: Vec<HookStatus>,
+    /// Worker VirtualMachines hooks no longer render (a lower `node_count`, a dropped hook),
+    /// kept until their tenant Node is drained and deleted and then the VM itself is: a step
+    /// that fails is retried on the next pass instead of leaking the Node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 512))]
+    pub retiring_nodes: Vec<HookObject>,
     /// Where the tenant's API server listens, as `https://host:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,

@@ -159,7 +159,7 @@ mod tests {
                 "template": {
                     "metadata": {
                         "labels": {
-                            "tenancy.hostplane.io/control-plane": cp,
+                            "tenancy.hostplane.io/controlplane": cp,
                             "tenancy.hostplane.io/node-index": index.to_string()
                         }
                     },

@@ -7,9 +7,11 @@ pub mod metrics;
 pub mod router;
 #[cfg(feature = "routes")]
 pub mod routes;
+#[cfg(all(feature = "splice", target_os = "linux"))]
+mod splice;
 pub mod table;
 
 pub use client_hello::{HelloError, NameError, Parsed, ServerName, parse_client_hello};
 pub use metrics::ProxyMetrics;
-pub use router::{ProxyConfig, serve};
+pub use router::{ProxyConfig, Relay, serve};
 pub use table::{Route, RouteMap, RouteState};

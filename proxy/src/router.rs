@@ -31,6 +31,19 @@ pub struct ProxyConfig {
     /// How long a connection for a hibernated or starting tenant is held waiting for it to be
     /// ready, before it is closed.
     pub wake_timeout: Duration,
+    /// How the bytes of a routed connection are moved.
+    pub relay: Relay,
+}
+
+/// How a routed connection's bytes are moved between client and backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Relay {
+    /// splice(2) through a pipe per direction, the bytes never leaving the kernel (Linux with the
+    /// `splice` feature; elsewhere, or when no pipe can be made, the copy relay).
+    #[default]
+    Splice,
+    /// Read into a buffer and write it out, [`RELAY_BUFFER_BYTES`] per direction.
+    Copy,
 }
 
 impl Default for ProxyConfig {
@@ -39,6 +52,7 @@ impl Default for ProxyConfig {
             hello_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             wake_timeout: Duration::from_secs(30),
+            relay: Relay::default(),
         }
     }
 }
@@ -65,7 +79,7 @@ pub async fn serve(
             Ok(accepted) => accepted,
             Err(error) => {
                 warn!(%error, "accepting a connection failed");
-                metrics.count_error("accept");
+                metrics.count_error(None, "accept");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
@@ -100,17 +114,17 @@ enum Rejection {
     Paused(String),
     #[error("tenant {tenant} did not wake within {timeout:?}")]
     WakeTimeout { tenant: String, timeout: Duration },
-    #[error("connecting to the backend failed: {0}")]
-    BackendConnect(io::Error),
-    #[error("connecting to the backend took longer than {0:?}")]
-    BackendConnectTimeout(Duration),
+    #[error("connecting to the backend of tenant {tenant} failed: {error}")]
+    BackendConnect { tenant: String, error: io::Error },
+    #[error("connecting to the backend of tenant {tenant} took longer than {timeout:?}")]
+    BackendConnectTimeout { tenant: String, timeout: Duration },
 }
 
 impl Rejection {
     fn result(&self) -> &'static str {
         match self {
-            Self::BackendConnect(_)
-            | Self::BackendConnectTimeout(_)
+            Self::BackendConnect { .. }
+            | Self::BackendConnectTimeout { .. }
             | Self::Paused(_)
             | Self::WakeTimeout { .. } => "backend_unavailable",
             _ => "rejected",
@@ -127,10 +141,35 @@ impl Rejection {
             Self::UnknownServerName(_) => "unknown_server_name",
             Self::Paused(_) => "tenant_paused",
             Self::WakeTimeout { .. } => "wake_timeout",
-            Self::BackendConnect(_) => "backend_connect",
-            Self::BackendConnectTimeout(_) => "backend_connect_timeout",
+            Self::BackendConnect { .. } => "backend_connect",
+            Self::BackendConnectTimeout { .. } => "backend_connect_timeout",
         }
     }
+
+    /// The tenant whose route the connection found, if it got that far.
+    fn tenant(&self) -> Option<&str> {
+        match self {
+            Self::Paused(tenant)
+            | Self::WakeTimeout { tenant, .. }
+            | Self::BackendConnect { tenant, .. }
+            | Self::BackendConnectTimeout { tenant, .. } => Some(tenant),
+            Self::HelloTimeout(_)
+            | Self::ClientClosed { .. }
+            | Self::ClientIo(_)
+            | Self::Hello(_)
+            | Self::BufferFull
+            | Self::UnknownServerName(_) => None,
+        }
+    }
+}
+
+/// A connection with its backend, ready to be relayed.
+struct Routed {
+    server_name: ServerName,
+    /// The ControlPlane's name, from the route.
+    tenant: String,
+    backend: TcpStream,
+    _activity: ActivityGuard,
 }
 
 async fn proxy_connection(
@@ -142,12 +181,17 @@ async fn proxy_connection(
     let _active = metrics.track_active();
     let mut hello = Vec::with_capacity(2048);
     let routed = route(&mut client, &mut hello, &routes, &config, &metrics).await;
-    let (server_name, mut backend, _activity) = match routed {
+    let Routed {
+        server_name,
+        tenant,
+        mut backend,
+        _activity,
+    } = match routed {
         Ok(routed) => routed,
         Err(rejection) => {
             let reason = rejection.reason();
-            metrics.count_connection(rejection.result(), reason);
-            metrics.count_error(reason);
+            metrics.count_connection(rejection.tenant(), rejection.result(), reason);
+            metrics.count_error(rejection.tenant(), reason);
             // Load-balancer health checks open and close without a byte: not worth
             // a warning.
             if matches!(rejection, Rejection::ClientClosed { bytes: 0 }) {
@@ -158,7 +202,7 @@ async fn proxy_connection(
             return;
         }
     };
-    metrics.count_connection("routed", "ok");
+    metrics.count_connection(Some(&tenant), "routed", "ok");
     debug!("routing");
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
@@ -167,34 +211,56 @@ async fn proxy_connection(
     let bytes_out = metrics.traffic(server_name.as_str(), DIRECTION_OUT);
     // The backend must see the connection from its first byte: replay what was read.
     if let Err(error) = backend.write_all(&hello).await {
-        metrics.count_error("backend_write");
+        metrics.count_error(Some(&tenant), "backend_write");
         warn!(reason = "backend_write", %error, "replaying the ClientHello failed");
         return;
     }
     bytes_in.inc_by(hello.len() as u64);
     drop(hello);
 
+    match relay(client, &mut backend, config.relay, bytes_in, bytes_out).await {
+        Ok((sent, received)) => debug!(sent, received, "connection finished"),
+        Err(error) => {
+            metrics.count_error(Some(&tenant), "relay_io");
+            debug!(reason = "relay_io", %error, "connection ended with an error");
+        }
+    }
+}
+
+/// Relays both ways until both directions ended. Each direction is shut down for writing when
+/// the other side ends it, and the other direction goes on: a half-closed TLS connection keeps
+/// working. Bytes from the client count as `bytes_in`, to it as `bytes_out`, as they pass.
+async fn relay(
+    mut client: TcpStream,
+    backend: &mut TcpStream,
+    relay: Relay,
+    bytes_in: Counter,
+    bytes_out: Counter,
+) -> io::Result<(u64, u64)> {
+    #[cfg(all(feature = "splice", target_os = "linux"))]
+    if relay == Relay::Splice {
+        match crate::splice::Pipe::new().and_then(|up| Ok([up, crate::splice::Pipe::new()?])) {
+            Ok(pipes) => {
+                return crate::splice::relay(&mut client, backend, pipes, &bytes_in, &bytes_out)
+                    .await;
+            }
+            Err(error) => debug!(%error, "no pipe for splice; copying instead"),
+        }
+    }
+    #[cfg(not(all(feature = "splice", target_os = "linux")))]
+    let _ = relay;
     let mut client = CountingStream {
         inner: client,
         read: bytes_in,
         written: bytes_out,
     };
-    // Each direction is shut down for writing when the other side ends it, and the
-    // other direction goes on: a half-closed TLS connection keeps working.
-    match tokio::io::copy_bidirectional_with_sizes(
+    tokio::io::copy_bidirectional_with_sizes(
         &mut client,
-        &mut backend,
+        backend,
         RELAY_BUFFER_BYTES,
         RELAY_BUFFER_BYTES,
     )
     .await
-    {
-        Ok((sent, received)) => debug!(sent, received, "connection finished"),
-        Err(error) => {
-            metrics.count_error("relay_io");
-            debug!(reason = "relay_io", %error, "connection ended with an error");
-        }
-    }
 }
 
 /// Reads the ClientHello and connects to the backend it names, waking a hibernated tenant first.
@@ -204,7 +270,7 @@ async fn route(
     routes: &Arc<RouteMap>,
     config: &ProxyConfig,
     metrics: &ProxyMetrics,
-) -> Result<(ServerName, TcpStream, ActivityGuard), Rejection> {
+) -> Result<Routed, Rejection> {
     let server_name = tokio::time::timeout(config.hello_timeout, read_server_name(client, hello))
         .await
         .map_err(|_| Rejection::HelloTimeout(config.hello_timeout))??;
@@ -222,7 +288,7 @@ async fn route(
             let started = std::time::Instant::now();
             if route.state == RouteState::Hibernated {
                 info!(tenant = %route.tenant, "waking hibernated tenant");
-                metrics.count_wake();
+                metrics.count_wake(&route.tenant);
                 routes.request_wake(&route.tenant);
             }
             let backend = routes
@@ -240,9 +306,20 @@ async fn route(
     span.record("backend", field::display(backend_addr));
     let backend = tokio::time::timeout(config.connect_timeout, TcpStream::connect(backend_addr))
         .await
-        .map_err(|_| Rejection::BackendConnectTimeout(config.connect_timeout))?
-        .map_err(Rejection::BackendConnect)?;
-    Ok((server_name, backend, activity))
+        .map_err(|_| Rejection::BackendConnectTimeout {
+            tenant: route.tenant.clone(),
+            timeout: config.connect_timeout,
+        })?
+        .map_err(|error| Rejection::BackendConnect {
+            tenant: route.tenant.clone(),
+            error,
+        })?;
+    Ok(Routed {
+        server_name,
+        tenant: route.tenant,
+        backend,
+        _activity: activity,
+    })
 }
 
 /// Reads into `hello` until the parser decides. The buffer never grows past

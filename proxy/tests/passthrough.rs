@@ -2,10 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hostplane_proxy::{ProxyConfig, ProxyMetrics, RouteMap, serve};
+use hostplane_proxy::metrics::UNKNOWN_TENANT;
+use hostplane_proxy::{ProxyConfig, ProxyMetrics, Relay, Route, RouteMap, RouteState, serve};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -202,11 +203,10 @@ async fn tls_passes_through_to_the_tenant_backend() {
     assert!(metrics.bytes("acme.example", "in") > 100_000);
     assert!(metrics.bytes("acme.example", "out") > 100_000);
 
-    let mut registry = Registry::with_prefix("hostplane");
-    metrics.register(&mut registry);
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    assert!(text.contains(r#"hostplane_proxy_connections_total{result="routed",reason="ok"} 1"#));
+    let text = metrics_text(metrics);
+    assert!(text.contains(
+        r#"hostplane_proxy_connections_total{tenant="acme.example",result="routed",reason="ok"} 1"#
+    ));
     assert!(
         text.contains(r#"hostplane_proxy_bytes_total{server_name="acme.example",direction="in"}"#)
     );
@@ -337,8 +337,22 @@ async fn start_collecting_backend() -> SocketAddr {
 
 #[tokio::test]
 async fn hello_read_in_pieces_is_replayed_exactly_and_half_close_works() {
+    replay_and_half_close(Relay::Splice).await;
+}
+
+/// The copy relay (the fallback when no pipe can be made) keeps the same contract.
+#[tokio::test]
+async fn copy_relay_replays_exactly_and_half_close_works() {
+    replay_and_half_close(Relay::Copy).await;
+}
+
+async fn replay_and_half_close(relay: Relay) {
     let backend = start_collecting_backend().await;
-    let proxy = Proxy::start(ProxyConfig::default()).await;
+    let proxy = Proxy::start(ProxyConfig {
+        relay,
+        ..ProxyConfig::default()
+    })
+    .await;
     proxy.routes.insert("acme.example", backend);
 
     // The post-quantum hello, re-framed into two records, arriving in three reads.
@@ -498,13 +512,19 @@ async fn stalled_hellos_are_cut_at_the_timeout_while_others_are_served() {
     );
 }
 
-/// The proxy's connection counts as a person reads them on /metrics: reason → count.
-fn rejected_by_reason(metrics: &ProxyMetrics) -> std::collections::BTreeMap<String, u64> {
+/// The proxy's metrics as a person reads them on /metrics.
+fn metrics_text(metrics: &ProxyMetrics) -> String {
     let mut registry = Registry::with_prefix("hostplane");
     metrics.register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    let prefix = r#"hostplane_proxy_connections_total{result="rejected",reason=""#;
+    text
+}
+
+/// The rejected connections that reached no tenant, as on /metrics: reason → count.
+fn rejected_by_reason(metrics: &ProxyMetrics) -> std::collections::BTreeMap<String, u64> {
+    let text = metrics_text(metrics);
+    let prefix = r#"hostplane_proxy_connections_total{tenant="unknown",result="rejected",reason=""#;
     text.lines()
         .filter_map(|line| {
             let (reason, count) = line.strip_prefix(prefix)?.split_once(r#""} "#)?;
@@ -589,4 +609,155 @@ async fn burst_of_garbage_connections_is_counted_by_reason() {
         .await
         .expect("handshake after the burst");
     echo_round_trip(&mut tls, b"still here").await;
+}
+
+/// Connections and errors are counted per tenant, named by the route (the ControlPlane), never by
+/// what a client put in SNI: names without a route all count as `unknown`.
+#[tokio::test]
+async fn connections_and_errors_are_counted_per_tenant_of_the_route() {
+    let backend =
+        TlsBackend::start(&["acme.example", "stranger.example"], BackendReply::Echo).await;
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = Proxy::start(ProxyConfig::default()).await;
+    let route = |backend, tenant: &str, state| Route {
+        backend,
+        tenant: tenant.to_string(),
+        state,
+    };
+    proxy.routes.insert_route(
+        "acme.example",
+        route(backend.addr, "acme", RouteState::Awake),
+    );
+    proxy
+        .routes
+        .insert_route("gone.example", route(closed, "gone", RouteState::Awake));
+    proxy.routes.insert_route(
+        "asleep.example",
+        route(backend.addr, "asleep", RouteState::Paused),
+    );
+
+    let mut tls = tls_connect(proxy.addr, "acme.example", &backend.certificate)
+        .await
+        .expect("handshake through the proxy");
+    echo_round_trip(&mut tls, b"hello").await;
+    drop(tls);
+    for refused in [
+        "stranger.example",
+        "other.stranger.example",
+        "gone.example",
+        "asleep.example",
+    ] {
+        let answer = tls_connect(proxy.addr, refused, &backend.certificate).await;
+        assert!(answer.is_err(), "{refused} was served");
+    }
+    proxy.wait_idle().await;
+
+    let metrics = &proxy.metrics;
+    assert_eq!(metrics.tenant_connections("acme", "routed", "ok"), 1);
+    assert_eq!(
+        metrics.tenant_connections(UNKNOWN_TENANT, "rejected", "unknown_server_name"),
+        2
+    );
+    assert_eq!(
+        metrics.tenant_errors(UNKNOWN_TENANT, "unknown_server_name"),
+        2
+    );
+    assert_eq!(
+        metrics.tenant_connections("gone", "backend_unavailable", "backend_connect"),
+        1
+    );
+    assert_eq!(metrics.tenant_errors("gone", "backend_connect"), 1);
+    assert_eq!(
+        metrics.tenant_connections("asleep", "backend_unavailable", "tenant_paused"),
+        1
+    );
+    assert_eq!(metrics.tenant_errors("asleep", "tenant_paused"), 1);
+    assert_eq!(metrics.connections("routed", "ok"), 1);
+    assert_eq!(metrics.errors("backend_connect"), 1);
+
+    let text = metrics_text(metrics);
+    for series in [
+        r#"hostplane_proxy_connections_total{tenant="acme",result="routed",reason="ok"} 1"#,
+        r#"hostplane_proxy_connections_total{tenant="unknown",result="rejected",reason="unknown_server_name"} 2"#,
+        r#"hostplane_proxy_connections_total{tenant="gone",result="backend_unavailable",reason="backend_connect"} 1"#,
+        r#"hostplane_proxy_connections_total{tenant="asleep",result="backend_unavailable",reason="tenant_paused"} 1"#,
+        r#"hostplane_proxy_errors_total{tenant="unknown",reason="unknown_server_name"} 2"#,
+        r#"hostplane_proxy_errors_total{tenant="gone",reason="backend_connect"} 1"#,
+        r#"hostplane_proxy_errors_total{tenant="asleep",reason="tenant_paused"} 1"#,
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
+    // A client's made-up names never become label values.
+    assert!(!text.contains("stranger"), "{text}");
+}
+
+/// A connection for a hibernated tenant that never wakes asks once for a wake-up, is held for
+/// the wake timeout and no longer, then closed and counted; its backend never sees it.
+#[tokio::test]
+async fn a_tenant_that_never_wakes_holds_its_connection_only_for_the_wake_timeout() {
+    let wake_timeout = Duration::from_millis(300);
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = Proxy::start(ProxyConfig {
+        wake_timeout,
+        ..ProxyConfig::default()
+    })
+    .await;
+    let wakes = Arc::new(Mutex::new(Vec::new()));
+    let asked = wakes.clone();
+    proxy.routes.set_waker(Arc::new(move |tenant: &str| {
+        asked.lock().unwrap().push(tenant.to_string());
+    }));
+    proxy.routes.insert_route(
+        "acme.example",
+        Route {
+            backend: backend.local_addr().unwrap(),
+            tenant: "sleepy".into(),
+            state: RouteState::Hibernated,
+        },
+    );
+
+    let mut tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    tcp.write_all(&std::fs::read(vector_path("rustls.bin")).unwrap())
+        .await
+        .unwrap();
+    let (received, held) = read_until_closed(&mut tcp).await;
+    assert!(received.is_empty());
+    // The proxy's clock starts once it has the hello, a moment after our write.
+    assert!(
+        held >= wake_timeout - Duration::from_millis(50),
+        "closed early: {held:?}"
+    );
+    assert!(
+        held < wake_timeout + Duration::from_secs(1),
+        "held too long: {held:?}"
+    );
+    proxy.wait_idle().await;
+
+    assert_eq!(*wakes.lock().unwrap(), ["sleepy"], "one wake request");
+    let metrics = &proxy.metrics;
+    assert_eq!(metrics.wakes("sleepy"), 1);
+    assert_eq!(
+        metrics.tenant_connections("sleepy", "backend_unavailable", "wake_timeout"),
+        1
+    );
+    assert_eq!(metrics.tenant_errors("sleepy", "wake_timeout"), 1);
+    assert_eq!(metrics.connections("routed", "ok"), 0);
+    let text = metrics_text(metrics);
+    assert!(
+        text.contains(r#"hostplane_proxy_wakes_total{tenant="sleepy"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"hostplane_proxy_errors_total{tenant="sleepy",reason="wake_timeout"} 1"#),
+        "{text}"
+    );
+    let accepted = tokio::time::timeout(Duration::from_millis(100), backend.accept()).await;
+    assert!(
+        accepted.is_err(),
+        "the backend of a sleeping tenant was dialled"
+    );
 }

@@ -4,6 +4,7 @@
 //! CertificateSigningRequest created as the bootstrap token, the certificate the tenant's
 //! kube-controller-manager approves and signs, and the Node created with that certificate.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -40,6 +41,32 @@ pub struct NodeJoin<'a> {
     pub node_name: &'a str,
     /// Bound on each wait (the cluster-info signature, the certificate).
     pub timeout: Duration,
+    /// Where the servers' host names resolve, as an /etc/hosts line would make them (a tenant
+    /// named at the SNI proxy); `None` uses the URLs as they are. TLS still names the host.
+    pub resolve: Option<IpAddr>,
+}
+
+/// A server URL as the node dials it: the URL to connect to and the TLS server name to send.
+fn reach(server: &str, resolve: Option<IpAddr>) -> (String, Option<String>) {
+    let Some(ip) = resolve else {
+        return (server.to_string(), None);
+    };
+    let authority = server.trim_start_matches("https://");
+    let authority = authority.split('/').next().unwrap_or(authority);
+    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "443"));
+    let ip = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    (format!("https://{ip}:{port}"), Some(host.to_string()))
+}
+
+/// A kubeconfig for `server` as reached through `resolve` (see [`NodeJoin::resolve`]).
+fn reached(config: Kubeconfig, server_name: Option<&str>) -> Kubeconfig {
+    match server_name {
+        Some(name) => kubeconfig::with_tls_server_name(config, name),
+        None => config,
+    }
 }
 
 /// A node that joined: its Node object as read back with its own certificate, and who the API
@@ -49,6 +76,9 @@ pub struct JoinedNode {
     pub node: Node,
     pub user: UserInfo,
     pub csr_name: String,
+    /// The CSR as the bootstrap token read it once signed (its `spec.username` and
+    /// `spec.groups` are who the API server took the token for).
+    pub csr: CertificateSigningRequest,
     pub client_cert_pem: String,
     pub client_key_pem: String,
     pub ca_pem: String,
@@ -174,10 +204,13 @@ async fn discover(
     join: &NodeJoin<'_>,
     token: &BootstrapToken,
 ) -> Result<(String, String), NodeBootstrapError> {
+    let (url, server_name) = reach(join.server, join.resolve);
     let insecure: Kubeconfig = serde_json::from_value(serde_json::json!({
         "clusters": [{ "name": "discovery", "cluster": {
-            "server": join.server,
+            "server": url,
             "insecure-skip-tls-verify": true,
+            // Sent as SNI even unverified: a proxy routes by it.
+            "tls-server-name": server_name,
         }}],
         "contexts": [{ "name": "discovery", "context": { "cluster": "discovery" } }],
         "current-context": "discovery",
@@ -251,7 +284,7 @@ async fn wait_issued(
     csrs: &Api<CertificateSigningRequest>,
     name: &str,
     timeout: Duration,
-) -> Result<String, NodeBootstrapError> {
+) -> Result<(String, CertificateSigningRequest), NodeBootstrapError> {
     let deadline = Instant::now() + timeout;
     loop {
         let csr = csrs
@@ -261,7 +294,7 @@ async fn wait_issued(
                 name: name.to_string(),
                 source,
             })?;
-        let status = csr.status.unwrap_or_default();
+        let status = csr.status.clone().unwrap_or_default();
         let conditions = status.conditions.unwrap_or_default();
         if let Some(c) = conditions
             .iter()
@@ -274,11 +307,12 @@ async fn wait_issued(
             });
         }
         if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
-            return String::from_utf8(cert.0).map_err(|_| NodeBootstrapError::NotIssued {
+            let pem = String::from_utf8(cert.0).map_err(|_| NodeBootstrapError::NotIssued {
                 name: name.to_string(),
                 timeout,
                 conditions: "the certificate is not PEM text".into(),
-            });
+            })?;
+            return Ok((pem, csr));
         }
         if Instant::now() >= deadline {
             let seen: Vec<String> = conditions
@@ -303,17 +337,38 @@ pub async fn create_node_csr(
     token: &str,
     node_name: &str,
 ) -> Result<(String, String), NodeBootstrapError> {
-    let bootstrap = client(
+    let bootstrap = bootstrap_client(server, None, ca_pem, token).await?;
+    create_csr_as(bootstrap, node_name).await
+}
+
+/// A client authenticating with the bootstrap token.
+async fn bootstrap_client(
+    server: &str,
+    resolve: Option<IpAddr>,
+    ca_pem: &str,
+    token: &str,
+) -> Result<kube::Client, NodeBootstrapError> {
+    let (url, server_name) = reach(server, resolve);
+    client(
         "the bootstrap token",
-        kubeconfig::kubeconfig(
-            "tenant",
-            server,
-            ca_pem,
-            "kubelet-bootstrap",
-            &Credential::Token(token),
+        reached(
+            kubeconfig::kubeconfig(
+                "tenant",
+                &url,
+                ca_pem,
+                "kubelet-bootstrap",
+                &Credential::Token(token),
+            ),
+            server_name.as_deref(),
         ),
     )
-    .await?;
+    .await
+}
+
+async fn create_csr_as(
+    bootstrap: kube::Client,
+    node_name: &str,
+) -> Result<(String, String), NodeBootstrapError> {
     let (csr_pem, key_pem) = node_csr(node_name)?;
     let csr = CertificateSigningRequest {
         metadata: ObjectMeta {
@@ -341,37 +396,30 @@ pub async fn bootstrap_node(join: &NodeJoin<'_>) -> Result<JoinedNode, NodeBoots
         BootstrapToken::parse(join.token).map_err(|e| NodeBootstrapError::Token(e.to_string()))?;
     let (server, ca_pem) = discover(join, &token).await?;
 
-    let (csr_name, client_key_pem) =
-        create_node_csr(&server, &ca_pem, join.token, join.node_name).await?;
-    let bootstrap = client(
-        "the bootstrap token",
-        kubeconfig::kubeconfig(
-            "tenant",
-            &server,
-            &ca_pem,
-            "kubelet-bootstrap",
-            &Credential::Token(join.token),
-        ),
-    )
-    .await?;
-    let client_cert_pem = wait_issued(
+    let bootstrap = bootstrap_client(&server, join.resolve, &ca_pem, join.token).await?;
+    let (csr_name, client_key_pem) = create_csr_as(bootstrap.clone(), join.node_name).await?;
+    let (client_cert_pem, csr) = wait_issued(
         &Api::<CertificateSigningRequest>::all(bootstrap),
         &csr_name,
         join.timeout,
     )
     .await?;
 
+    let (url, server_name) = reach(&server, join.resolve);
     let node_client = client(
         "the node certificate",
-        kubeconfig::kubeconfig(
-            "tenant",
-            &server,
-            &ca_pem,
-            &format!("system:node:{}", join.node_name),
-            &Credential::ClientCert {
-                cert_pem: &client_cert_pem,
-                key_pem: &client_key_pem,
-            },
+        reached(
+            kubeconfig::kubeconfig(
+                "tenant",
+                &url,
+                &ca_pem,
+                &format!("system:node:{}", join.node_name),
+                &Credential::ClientCert {
+                    cert_pem: &client_cert_pem,
+                    key_pem: &client_key_pem,
+                },
+            ),
+            server_name.as_deref(),
         ),
     )
     .await?;
@@ -408,6 +456,7 @@ pub async fn bootstrap_node(join: &NodeJoin<'_>) -> Result<JoinedNode, NodeBoots
         node,
         user,
         csr_name,
+        csr,
         client_cert_pem,
         client_key_pem,
         ca_pem,
@@ -436,6 +485,19 @@ mod tests {
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn a_resolved_server_is_dialled_by_address_and_named_by_tls() {
+        let server = "https://acme.tenants.test:9443";
+        assert_eq!(reach(server, None), (server.to_string(), None));
+        assert_eq!(
+            reach(server, Some(IpAddr::from([127, 0, 0, 1]))),
+            (
+                "https://127.0.0.1:9443".to_string(),
+                Some("acme.tenants.test".to_string())
+            )
+        );
     }
 
     #[test]

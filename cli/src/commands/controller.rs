@@ -64,6 +64,14 @@ pub struct ControllerOptions {
     /// Seconds a post-create hook's Jobs may take to complete before the hook is Failed.
     #[arg(long, env = "HOSTPLANE_HOOK_TIMEOUT_SECONDS", default_value_t = 600)]
     pub hook_timeout_seconds: u64,
+    /// Seconds a worker Node removed by a scale-down is drained (pods evicted through the
+    /// Eviction API, PodDisruptionBudgets respected) before its remaining pods are deleted.
+    #[arg(
+        long,
+        env = "HOSTPLANE_NODE_DRAIN_TIMEOUT_SECONDS",
+        default_value_t = 300
+    )]
+    pub node_drain_timeout_seconds: u64,
     /// URL of the host API server for people outside the host, put in the kubeconfigs of
     /// `type: host` ControlPlanes (default: the URL the controller itself uses).
     #[arg(long, env = "HOSTPLANE_HOST_SERVER_URL")]
@@ -388,6 +396,7 @@ impl ControllerOptions {
         config.idle_after =
             Some(Duration::from_secs(self.idle_after_seconds)).filter(|d| !d.is_zero());
         config.hook_timeout = Duration::from_secs(self.hook_timeout_seconds.max(1));
+        config.node_drain_timeout = Duration::from_secs(self.node_drain_timeout_seconds);
         config.ca_rotation_overlap =
             Some(Duration::from_secs(self.ca_rotation_overlap_seconds)).filter(|d| !d.is_zero());
         config.usage_interval =

@@ -14,7 +14,7 @@ use hostplane_controller::download::{
     DownloadConfig, DownloadMetrics, DownloadServer, ServingCert,
 };
 use hostplane_proxy::routes::{follow_controlplanes, report_activity};
-use hostplane_proxy::{ProxyConfig, ProxyMetrics, RouteMap, serve};
+use hostplane_proxy::{ProxyConfig, ProxyMetrics, Relay, RouteMap, serve};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
@@ -45,6 +45,10 @@ pub struct ProxyArgs {
     /// How long a connection to a hibernated tenant is held while the tenant wakes, in seconds.
     #[arg(long, env = "HOSTPLANE_WAKE_TIMEOUT_SECONDS", default_value_t = 30)]
     pub wake_timeout_seconds: u64,
+    /// How relayed bytes are moved: `splice` (zero-copy through a kernel pipe, Linux; falls back
+    /// to copying where unavailable) or `copy` (through a 64 KiB buffer per direction).
+    #[arg(long, env = "HOSTPLANE_PROXY_RELAY", default_value = "splice", value_parser = ["splice", "copy"])]
+    pub relay: String,
     /// Address (host:port) of this proxy as people dial it, written into downloaded
     /// kubeconfigs (default: --listen).
     #[arg(long, env = "HOSTPLANE_PROXY_ADDRESS")]
@@ -232,6 +236,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let config = ProxyConfig {
         hello_timeout: Duration::from_millis(args.hello_timeout_ms),
         wake_timeout: Duration::from_secs(args.wake_timeout_seconds),
+        relay: match args.relay.as_str() {
+            "copy" => Relay::Copy,
+            _ => Relay::Splice,
+        },
         ..Default::default()
     };
     tokio::select! {

@@ -2,8 +2,9 @@
 //! the files they read, as pure data. The processes runtime writes the files and supervises the
 //! processes; the same flags are what the pods runtime puts in its containers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -85,6 +86,8 @@ pub struct ControlPlaneBundle {
     /// CPU bandwidth of all the processes together, in millicores; `None` unlimited. Not part
     /// of the fingerprint: a new limit applies to the running processes.
     pub cpu_millicores: Option<u32>,
+    /// Leaf pairs among `files` that are renewed in place: not part of the fingerprint.
+    pub reloaded: Vec<ReloadedPair>,
 }
 
 impl ControlPlaneBundle {
@@ -95,8 +98,9 @@ impl ControlPlaneBundle {
         for (path, data) in &self.files {
             h.update(path.to_string_lossy().as_bytes());
             h.update([0]);
-            // A renewed leaf is picked up from its file by the process reading it: no restart.
-            if !RELOADED_FILES.iter().any(|f| path == Path::new(f)) {
+            // A renewed leaf restarts at most the process presenting it, when that would not
+            // pick it up in time (`restarts_for_renewal`), never the whole tenant.
+            if !self.reloaded.iter().any(|pair| pair.holds(path)) {
                 h.update(data);
             }
             h.update([0]);
@@ -115,29 +119,131 @@ impl ControlPlaneBundle {
         }
         hex::encode(h.finalize())
     }
+
+    /// The processes to restart so that none presents an expired certificate: those whose pair
+    /// differs between `on_disk` (what the state dir holds now) and this bundle, and which would
+    /// re-read it only after the certificate they hold expires. Everything else that renews a
+    /// leaf picks it up by itself.
+    pub fn restarts_for_renewal(
+        &self,
+        on_disk: &BTreeMap<PathBuf, Vec<u8>>,
+        now: SystemTime,
+    ) -> BTreeSet<&'static str> {
+        self.reloaded
+            .iter()
+            .filter_map(|pair| match pair.presented_by? {
+                (process, Reload::Polled(period)) => Some((pair, process, period)),
+                (_, Reload::AtOnce) => None,
+            })
+            .filter(|(_, process, _)| self.processes.iter().any(|p| p.name == *process))
+            .filter(|(pair, _, _)| {
+                let [crt, key] = pair.files();
+                // Written for the first time: no process holds an older one.
+                let renewed = |f: &PathBuf| match (on_disk.get(f), self.files.get(f)) {
+                    (Some(old), Some(new)) => old != new,
+                    _ => false,
+                };
+                renewed(&crt) || renewed(&key)
+            })
+            .filter(|(pair, _, period)| {
+                let [crt, _] = pair.files();
+                !picked_up_in_time(on_disk.get(&crt).map(Vec::as_slice), *period, now)
+            })
+            .map(|(_, process, _)| process)
+            .collect()
+    }
 }
 
-/// Leaf certificates and keys the tenant's processes re-read when they change, so renewing
-/// them restarts nothing: kube-apiserver watches its serving pair, its kubelet and front-proxy
-/// client pairs (apiserver dynamiccertificates, client-go `ReloadTLSFiles`); kube-controller-
-/// manager and kube-scheduler name their client pairs by path in their kubeconfigs (client-go
-/// re-reads them every 5 minutes, far inside the third of a leaf's life left at renewal);
-/// `admin.*` is the controller's own and read by no process. CAs are not here: a new CA changes
-/// the kubeconfigs' embedded CA data, and every process restarts with it.
-pub const RELOADED_FILES: [&str; 12] = [
-    "pki/apiserver.crt",
-    "pki/apiserver.key",
-    "pki/apiserver-kubelet-client.crt",
-    "pki/apiserver-kubelet-client.key",
-    "pki/front-proxy-client.crt",
-    "pki/front-proxy-client.key",
-    "pki/controller-manager.crt",
-    "pki/controller-manager.key",
-    "pki/scheduler.crt",
-    "pki/scheduler.key",
-    "pki/admin.crt",
-    "pki/admin.key",
-];
+/// How a process picks up a renewed certificate and key from their files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// As soon as the files are replaced, while connections already open stay good past the
+    /// old certificate's expiry. kube-apiserver watches its serving and front-proxy client
+    /// pairs (apiserver `dynamiccertificates`: fsnotify, a poll every minute as a fallback).
+    /// etcd reads its serving and peer pairs, and kube-apiserver's etcd client its client pair,
+    /// on every TLS handshake (etcd `client/pkg/transport` `TLSInfo`: `GetCertificate`,
+    /// `GetClientCertificate`); etcd checks a client certificate at the handshake only.
+    AtOnce,
+    /// client-go with a pair named by path (kubeconfigs, kube-apiserver's kubelet client): read
+    /// on every new connection, but connections already open keep the old certificate until a
+    /// poll every `period` (`transport.CertCallbackRefreshDuration`) finds the files changed and
+    /// closes them. The API server checks a client certificate on every request, so an expired
+    /// one fails requests on those connections until then.
+    Polled(Duration),
+}
+
+/// client-go's `transport.CertCallbackRefreshDuration`.
+pub const CLIENT_GO_CERT_POLL: Duration = Duration::from_secs(5 * 60);
+
+/// Time to spare beyond a process's reload period: the controller writes renewed files a
+/// little after they fall due, and a client takes a moment to reconnect.
+pub const RELOAD_MARGIN: Duration = Duration::from_secs(30);
+
+/// A leaf pair, `<stem>.crt` and `<stem>.key` in the state dir, renewed in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadedPair {
+    pub stem: &'static str,
+    /// The process presenting the certificate, and how it picks up a renewed one; `None` when
+    /// none does (the controller's own `admin` pair, the kubelet client of a tenant without
+    /// nodes, the scheduler's pair of a tenant without a scheduler).
+    pub presented_by: Option<(&'static str, Reload)>,
+}
+
+impl ReloadedPair {
+    /// `<stem>.crt` and `<stem>.key`.
+    pub fn files(&self) -> [PathBuf; 2] {
+        ["crt", "key"].map(|ext| PathBuf::from(format!("{}.{ext}", self.stem)))
+    }
+
+    fn holds(&self, path: &Path) -> bool {
+        self.files().iter().any(|f| f == path)
+    }
+}
+
+/// Whether a process that re-reads its certificate every `period` picks a renewed one up, with
+/// `RELOAD_MARGIN` to spare, before the one it holds (`old_pem`, the file being replaced)
+/// expires. A missing or unreadable old certificate is taken as expired.
+pub fn picked_up_in_time(old_pem: Option<&[u8]>, period: Duration, now: SystemTime) -> bool {
+    let left = old_pem
+        .and_then(|pem| std::str::from_utf8(pem).ok())
+        .and_then(|pem| crate::pki::seconds_left(pem, now).ok());
+    left.is_some_and(|left| left > i128::from((period + RELOAD_MARGIN).as_secs()))
+}
+
+/// The tenant's leaf pairs renewed in place, and who presents each: what `fingerprint` leaves
+/// out and `restarts_for_renewal` decides on. CAs are not among them: a new CA changes the
+/// kubeconfigs' embedded CA data, and every process restarts with it.
+fn reloaded_pairs(workers: bool) -> Vec<ReloadedPair> {
+    let polled = Reload::Polled(CLIENT_GO_CERT_POLL);
+    let pair = |stem, presented_by| ReloadedPair { stem, presented_by };
+    vec![
+        pair("pki/apiserver", Some(("kube-apiserver", Reload::AtOnce))),
+        pair(
+            "pki/front-proxy-client",
+            Some(("kube-apiserver", Reload::AtOnce)),
+        ),
+        // kube-apiserver dials kubelets only for nodes' logs, exec and port-forward.
+        pair(
+            "pki/apiserver-kubelet-client",
+            workers.then_some(("kube-apiserver", polled)),
+        ),
+        pair(
+            "pki/apiserver-etcd-client",
+            Some(("kube-apiserver", Reload::AtOnce)),
+        ),
+        pair(
+            "pki/controller-manager",
+            Some(("kube-controller-manager", polled)),
+        ),
+        pair(
+            "pki/scheduler",
+            workers.then_some(("kube-scheduler", polled)),
+        ),
+        pair("pki/etcd/server", Some(("etcd", Reload::AtOnce))),
+        pair("pki/etcd/peer", Some(("etcd", Reload::AtOnce))),
+        pair("pki/admin", None),
+    ]
+}
 
 /// Inputs of a tenant control plane's processes.
 #[derive(Clone, Debug)]
@@ -491,6 +597,7 @@ pub fn control_plane_bundle(input: &BundleInput<'_>) -> ControlPlaneBundle {
             .limits
             .and_then(|l| l.max_cpu_millicores)
             .and_then(|m| u32::try_from(m).ok()),
+        reloaded: reloaded_pairs(input.workers),
     }
 }
 
@@ -1031,41 +1138,185 @@ mod tests {
 #[cfg(test)]
 mod reload_tests {
     use super::*;
+    use crate::pki::{PkiRequest, ensure_dedicated_etcd_pki, ensure_pki};
 
-    fn bundle(files: &[(&str, &str)]) -> ControlPlaneBundle {
-        ControlPlaneBundle {
-            files: files
-                .iter()
-                .map(|(p, d)| (PathBuf::from(p), d.as_bytes().to_vec()))
-                .collect(),
-            processes: vec![],
-            cpu_millicores: None,
+    const ISSUED: u64 = 1_800_000_000;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn request(leaf_seconds: u64) -> PkiRequest {
+        PkiRequest {
+            cluster_name: "acme".into(),
+            apiserver_sans: vec![],
+            ca_validity: Duration::from_secs(3650 * 24 * 3600),
+            leaf_validity: Duration::from_secs(leaf_seconds),
+        }
+    }
+
+    /// The tenant PKI with a dedicated etcd's files, as issued (or renewed) at `now`.
+    fn tenant_pki(existing: &PkiFiles, leaf_seconds: u64, now: SystemTime) -> PkiFiles {
+        let req = request(leaf_seconds);
+        let mut pki = ensure_pki(existing, &req, now).unwrap();
+        pki.extend(ensure_dedicated_etcd_pki(existing, &req, now).unwrap());
+        pki
+    }
+
+    fn tenant(pki: &PkiFiles, workers: bool) -> ControlPlaneBundle {
+        let release = ReleaseBinaries {
+            version: "1.37.2".into(),
+            kube_apiserver: "/bin/kube-apiserver".into(),
+            kube_controller_manager: "/bin/kube-controller-manager".into(),
+            kube_scheduler: "/bin/kube-scheduler".into(),
+            kine: "/bin/kine".into(),
+            etcd: "/bin/etcd".into(),
+        };
+        control_plane_bundle(&BundleInput {
+            name: "acme",
+            dir: Path::new("/state/acme-1"),
+            release: &release,
+            ports: TenantPorts {
+                kine: 20001,
+                apiserver: 20002,
+                controller_manager: 20003,
+                etcd_client: 20004,
+                etcd_peer: 20005,
+            },
+            pki,
+            store: &Store::DedicatedEtcd,
+            workers,
+            limits: None,
+        })
+    }
+
+    /// The PKI of a tenant issued at `ISSUED`, and the same renewed when it falls due.
+    fn issued_and_renewed(leaf_seconds: u64) -> (PkiFiles, PkiFiles, SystemTime) {
+        let old = tenant_pki(&PkiFiles::new(), leaf_seconds, at(ISSUED));
+        let due = crate::pki::next_renewal(&old).unwrap();
+        let renewed = tenant_pki(&old, leaf_seconds, due);
+        (old, renewed, due)
+    }
+
+    #[test]
+    fn renewed_leaves_etcds_included_change_no_fingerprint_but_a_new_ca_or_kubeconfig_does() {
+        let (old, renewed, _) = issued_and_renewed(90);
+        let (before, after) = (tenant(&old, true), tenant(&renewed, true));
+        for leaf in [
+            "pki/apiserver.crt",
+            "pki/controller-manager.key",
+            "pki/etcd/server.crt",
+            "pki/etcd/peer.key",
+            "pki/apiserver-etcd-client.crt",
+        ] {
+            assert_ne!(before.files[Path::new(leaf)], after.files[Path::new(leaf)]);
+        }
+        assert_eq!(before.fingerprint(), after.fingerprint());
+        for file in ["pki/ca.crt", "pki/etcd/ca.crt", "controller-manager.conf"] {
+            let mut other = before.clone();
+            other.files.insert(file.into(), b"changed".to_vec());
+            assert_ne!(before.fingerprint(), other.fingerprint(), "{file}");
         }
     }
 
     #[test]
-    fn renewed_leaves_restart_nothing_but_a_new_ca_or_kubeconfig_does() {
-        let before = bundle(&[
-            ("pki/apiserver.crt", "leaf 1"),
-            ("pki/controller-manager.key", "key 1"),
-            ("pki/ca.crt", "ca 1"),
-            ("controller-manager.conf", "conf 1"),
-        ]);
-        let renewed = bundle(&[
-            ("pki/apiserver.crt", "leaf 2"),
-            ("pki/controller-manager.key", "key 2"),
-            ("pki/ca.crt", "ca 1"),
-            ("controller-manager.conf", "conf 1"),
-        ]);
-        assert_eq!(before.fingerprint(), renewed.fingerprint());
-        for (file, changed) in [
-            ("pki/ca.crt", "ca 2"),
-            ("controller-manager.conf", "conf 2"),
-        ] {
-            let mut other = before.clone();
-            other.files.insert(file.into(), changed.as_bytes().to_vec());
-            assert_ne!(before.fingerprint(), other.fingerprint(), "{file}");
-        }
+    fn a_polled_certificate_is_picked_up_in_time_only_with_the_period_and_margin_left() {
+        let crt = issue(600);
+        let poll = CLIENT_GO_CERT_POLL;
+        // 600 s left against a 300 s poll and a 30 s margin.
+        assert!(picked_up_in_time(Some(crt.as_bytes()), poll, at(ISSUED)));
+        assert!(picked_up_in_time(
+            Some(crt.as_bytes()),
+            poll,
+            at(ISSUED + 269)
+        ));
+        assert!(!picked_up_in_time(
+            Some(crt.as_bytes()),
+            poll,
+            at(ISSUED + 270)
+        ));
+        assert!(!picked_up_in_time(
+            Some(crt.as_bytes()),
+            poll,
+            at(ISSUED + 900)
+        ));
+        // What cannot be read is taken as expired.
+        assert!(!picked_up_in_time(None, poll, at(ISSUED)));
+        assert!(!picked_up_in_time(Some(b"garbage"), poll, at(ISSUED)));
+    }
+
+    fn issue(seconds: u64) -> String {
+        let pki = ensure_pki(&PkiFiles::new(), &request(seconds), at(ISSUED)).unwrap();
+        pki["controller-manager.crt"].clone()
+    }
+
+    /// The renewed bundle's decision against the files of the one it replaces.
+    fn restarts(
+        old: &PkiFiles,
+        renewed: &PkiFiles,
+        workers: bool,
+        now: SystemTime,
+    ) -> Vec<&'static str> {
+        let on_disk = tenant(old, workers).files;
+        tenant(renewed, workers)
+            .restarts_for_renewal(&on_disk, now)
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn short_leaves_restart_the_client_go_readers_and_nothing_else() {
+        // 90 s leaves are renewed with 36 s left, far inside client-go's 5-minute poll.
+        let (old, renewed, due) = issued_and_renewed(90);
+        assert_eq!(
+            restarts(&old, &renewed, false, due),
+            ["kube-controller-manager"]
+        );
+        // With nodes, kube-apiserver presents its kubelet client pair, also through client-go.
+        assert_eq!(
+            restarts(&old, &renewed, true, due),
+            [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler"
+            ]
+        );
+    }
+
+    #[test]
+    fn long_leaves_restart_nothing_unless_renewed_too_late() {
+        // 830 s leaves (plus a 166 s backdate) are renewed with 332 s left, just above the
+        // 5-minute poll and its 30 s margin; 825 s ones with 330 s left, not above.
+        let (old, renewed, due) = issued_and_renewed(830);
+        assert_eq!(restarts(&old, &renewed, true, due), Vec::<&str>::new());
+        let (old, renewed, due) = issued_and_renewed(825);
+        assert_eq!(
+            restarts(&old, &renewed, false, due),
+            ["kube-controller-manager"]
+        );
+        let year = 365 * 24 * 3600;
+        let (old, renewed, due) = issued_and_renewed(year);
+        assert_eq!(restarts(&old, &renewed, true, due), Vec::<&str>::new());
+        // A controller that was down until the old certificates had expired.
+        let late = at(ISSUED + year + 1);
+        let renewed_late = tenant_pki(&old, year, late);
+        assert_eq!(
+            restarts(&old, &renewed_late, true, late),
+            [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler"
+            ]
+        );
+    }
+
+    #[test]
+    fn unchanged_or_first_written_files_restart_nothing() {
+        let (old, _, due) = issued_and_renewed(90);
+        assert_eq!(restarts(&old, &old, true, due), Vec::<&str>::new());
+        // A first start: no process holds an older certificate.
+        let first = tenant(&old, true).restarts_for_renewal(&BTreeMap::new(), due);
+        assert_eq!(first, BTreeSet::new());
     }
 
     #[test]

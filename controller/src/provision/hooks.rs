@@ -2,11 +2,15 @@
 //! ControlPlane names is rendered (crate `hooks`) and its objects are applied to the host in
 //! `<cp>-system` with server-side apply, one field manager per hook. Applied on every pass, so
 //! deleted or edited hook objects come back (drift); objects a hook no longer renders (a lower
-//! `node_count`, a hook dropped from the spec) are deleted, and so is everything on teardown.
+//! `node_count`, a hook dropped from the spec) are deleted, and so is everything on teardown;
+//! worker VirtualMachines among them are retired instead (`retire_nodes`): their tenant Nodes
+//! drained and deleted first, the VMs after, tracked in `status.retiringNodes` until done.
 //!
-//! A hook is `Applied` once its objects are, `Succeeded` once its Jobs have completed (at once
-//! when it has none), `Failed` when applying fails, a Job fails, or its Jobs do not complete
-//! within the hook timeout. A hook that failed to apply is retried with exponential backoff.
+//! A hook is `Pending` until it is applied — while its tenant is not Ready yet, and while it
+//! waits for the retry of an apply that failed — with a message saying what it waits for;
+//! `Applied` once its objects are, `Succeeded` once its Jobs have completed (at once when it has
+//! none), `Failed` when applying fails, a Job fails, or its Jobs do not complete within the hook
+//! timeout. A hook that failed to apply is retried with exponential backoff.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -28,6 +32,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::build::objects::{CONTROLPLANE_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::provision::tenant_access::{self, NodeRetirement};
 use crate::validate::TenantPlan;
 
 /// Label naming the hook an object came from.
@@ -69,8 +74,17 @@ pub struct HookReport {
     pub statuses: Vec<HookStatus>,
     /// When the pass should run again for the hooks' sake (a retry, a Job being watched).
     pub recheck_in: Option<Duration>,
-    /// Names of tenant Nodes whose VirtualMachines were removed (the tenant deletes them).
-    pub removed_nodes: Vec<String>,
+    /// Worker VirtualMachines no hook renders any more, kept until [`retire_nodes`] has removed
+    /// their tenant Nodes and then them: those already retiring and those found now.
+    pub retiring: Vec<HookObject>,
+    /// VirtualMachines that were retiring and are rendered again (their Nodes are uncordoned).
+    pub reprieved: Vec<HookObject>,
+}
+
+/// Whether a hook object is a worker node's VirtualMachine: its tenant Node has its name (the
+/// VM's cloud-init sets the hostname), and it is removed only after that Node.
+pub fn is_worker_vm(object: &HookObject) -> bool {
+    object.kind == "VirtualMachine"
 }
 
 /// Whether the ControlPlane asks for worker nodes (so its tenant runs kube-scheduler).
@@ -92,19 +106,86 @@ pub fn retry_delay(attempts: i32) -> Duration {
         .min(MAX_RETRY_DELAY)
 }
 
-/// Whether a hook that failed to apply waits for its backoff still; returns the time left.
-pub fn backoff_left(previous: &HookStatus, now: Timestamp) -> Option<Duration> {
-    if previous.phase != HookPhase::Failed || previous.applied_time.is_some() {
+/// When a hook that failed to apply is retried (also while it is `Pending` for that retry).
+fn retry_due(previous: &HookStatus) -> Option<Timestamp> {
+    let failed_to_apply = match previous.phase {
+        HookPhase::Failed => true,
+        // Pending for a retry, rather than for its tenant: it has been attempted.
+        HookPhase::Pending => previous.attempts > 0,
+        HookPhase::Applied | HookPhase::Succeeded => false,
+    };
+    if !failed_to_apply || previous.applied_time.is_some() {
         // Job failures and timeouts are not retried by re-applying: the Job's own backoffLimit
         // retries, and deleting the failed Job makes the next pass create it again.
         return None;
     }
     let last = previous.last_attempt_time.as_ref()?.0;
-    let due = last
-        .checked_add(SignedDuration::try_from(retry_delay(previous.attempts)).ok()?)
-        .ok()?;
-    let left = due.duration_since(now);
+    last.checked_add(SignedDuration::try_from(retry_delay(previous.attempts)).ok()?)
+        .ok()
+}
+
+/// Whether a hook that failed to apply waits for its backoff still; returns the time left.
+pub fn backoff_left(previous: &HookStatus, now: Timestamp) -> Option<Duration> {
+    let left = retry_due(previous)?.duration_since(now);
     Duration::try_from(left).ok().filter(|d| !d.is_zero())
+}
+
+/// The status of a hook waiting for the retry of a failed apply, with the time left: `Pending`,
+/// naming the retry, when it is due and why the last attempt failed. Counters and times stay, so
+/// the message is the same on every pass until the retry (no status churn).
+pub fn waiting_for_retry(previous: &HookStatus, now: Timestamp) -> Option<(HookStatus, Duration)> {
+    let left = backoff_left(previous, now)?;
+    if previous.phase == HookPhase::Pending {
+        return Some((previous.clone(), left));
+    }
+    let due = retry_due(previous)?;
+    let status = HookStatus {
+        phase: HookPhase::Pending,
+        message: format!(
+            "waiting for retry {} at {}; the last attempt failed: {}",
+            previous.attempts + 1,
+            due.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            previous.message
+        ),
+        ..previous.clone()
+    };
+    Some((status, left))
+}
+
+/// The hook statuses of a pass that applies no hooks because the tenant cannot take them yet
+/// (`waiting_for` says why, as in "waiting for ..."): every hook not applied yet is `Pending`
+/// with that message. What earlier passes recorded for the others stays (an outage does not
+/// undo an applied hook), and so do the statuses of hooks dropped from the spec, whose objects
+/// the next pass that applies hooks removes.
+pub fn waiting_statuses(cp: &ControlPlane, waiting_for: &str) -> Vec<HookStatus> {
+    let previous: &[HookStatus] = cp
+        .status
+        .as_ref()
+        .map(|s| s.hook_statuses.as_slice())
+        .unwrap_or_default();
+    let uses = hook_uses(cp);
+    let mut statuses: Vec<HookStatus> = uses
+        .iter()
+        .map(|u| match previous.iter().find(|h| h.name == u.hook_name) {
+            // Pending for its tenant (never attempted): the message follows what it waits for.
+            Some(before) if before.phase != HookPhase::Pending || before.attempts > 0 => {
+                before.clone()
+            }
+            _ => HookStatus {
+                name: u.hook_name.clone(),
+                phase: HookPhase::Pending,
+                message: format!("waiting for {waiting_for}"),
+                ..Default::default()
+            },
+        })
+        .collect();
+    statuses.extend(
+        previous
+            .iter()
+            .filter(|h| !uses.iter().any(|u| u.hook_name == h.name))
+            .cloned(),
+    );
+    statuses
 }
 
 /// Applies every hook of the ControlPlane and removes what hooks no longer render.
@@ -131,10 +212,8 @@ pub async fn apply_hooks(
     let uses = hook_uses(cp);
     for hook_use in &uses {
         let before = previous.get(&hook_use.hook_name);
-        if let Some(before) = before
-            && let Some(left) = backoff_left(before, pass.now)
-        {
-            report.statuses.push(before.clone());
+        if let Some((waiting, left)) = before.and_then(|b| waiting_for_retry(b, pass.now)) {
+            report.statuses.push(waiting);
             report.recheck_in = min_some(report.recheck_in, left);
             continue;
         }
@@ -150,16 +229,84 @@ pub async fn apply_hooks(
         }
         report.statuses.push(status);
     }
-    // Hooks dropped from the spec: their objects go.
+    // Hooks dropped from the spec: their objects go (their worker VMs after their Nodes).
     for (name, old) in &previous {
         if !uses.iter().any(|u| &u.hook_name == name) {
             info!(hook = %name, "hook no longer used; removing its objects");
-            if let Err(e) = delete_objects(client, &old.objects, &mut resources).await {
+            let (vms, others): (Vec<HookObject>, Vec<HookObject>) =
+                old.objects.iter().cloned().partition(is_worker_vm);
+            report.retiring.extend(vms);
+            if let Err(e) = delete_objects(client, &others, &mut resources).await {
                 warn!(hook = %name, error = %e, "cannot remove objects of an unused hook");
             }
         }
     }
+    // Retiring VMs stay retiring until removed, unless a hook renders them again.
+    let rendered: Vec<&HookObject> = report.statuses.iter().flat_map(|h| &h.objects).collect();
+    let already = cp.status.iter().flat_map(|s| s.retiring_nodes.iter());
+    let mut retiring: Vec<HookObject> = already.chain(&report.retiring).cloned().collect();
+    retiring.sort();
+    retiring.dedup();
+    let (reprieved, retiring): (Vec<HookObject>, Vec<HookObject>) =
+        retiring.into_iter().partition(|vm| rendered.contains(&vm));
+    report.retiring = retiring;
+    report.reprieved = reprieved;
+    if !report.retiring.is_empty() {
+        report.recheck_in = min_some(report.recheck_in, RETIRE_RECHECK);
+    }
     report
+}
+
+/// How soon a pass looks again at Nodes being drained.
+const RETIRE_RECHECK: Duration = Duration::from_secs(3);
+
+/// What [`retire_nodes`] left for later.
+#[derive(Debug, Default)]
+pub struct Retirements {
+    /// VirtualMachines whose Node or VM is not removed yet (recorded in status).
+    pub remaining: Vec<HookObject>,
+    /// How each of them stands, for the log and Events.
+    pub messages: Vec<String>,
+}
+
+/// Retires worker nodes in order: cordon and drain the tenant Node, delete it, then delete its
+/// VirtualMachine on the host. A VM leaves the list only once both are gone, so a step that
+/// fails (or a drain still waiting) is taken up again on the next pass; a VM someone else
+/// deleted first still has its Node removed. `reprieved` VMs get their Nodes uncordoned.
+pub async fn retire_nodes(
+    host: &kube::Client,
+    tenant: &kube::Client,
+    report: &HookReport,
+    drain_timeout: Duration,
+    now: Timestamp,
+) -> Retirements {
+    let mut resources = Resources::default();
+    let mut left = Retirements::default();
+    for vm in &report.reprieved {
+        if let Err(e) = tenant_access::keep_node(tenant, &vm.name).await {
+            warn!(node = %vm.name, error = %e, "cannot uncordon a worker Node wanted again");
+        }
+    }
+    for vm in &report.retiring {
+        let outcome = match tenant_access::retire_node(tenant, &vm.name, drain_timeout, now).await {
+            Ok(NodeRetirement::Removed) => {
+                delete_objects(host, std::slice::from_ref(vm), &mut resources).await
+            }
+            Ok(NodeRetirement::Draining(message)) => Err(message),
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                info!(vm = %vm.name, "worker node retired: Node drained and deleted, then its VM")
+            }
+            Err(message) => {
+                info!(vm = %vm.name, %message, "worker node still retiring");
+                left.remaining.push(vm.clone());
+                left.messages.push(message);
+            }
+        }
+    }
+    left
 }
 
 fn min_some(current: Option<Duration>, candidate: Duration) -> Option<Duration> {
@@ -337,13 +484,11 @@ async fn render_and_apply(
                 .collect()
         })
         .unwrap_or_default();
+    // Worker VMs are not deleted here: their Nodes are drained and removed first.
+    let (vms, stale): (Vec<HookObject>, Vec<HookObject>) =
+        stale.into_iter().partition(is_worker_vm);
     delete_objects(client, &stale, resources).await?;
-    report.removed_nodes.extend(
-        stale
-            .iter()
-            .filter(|o| o.kind == "VirtualMachine")
-            .map(|o| o.name.clone()),
-    );
+    report.retiring.extend(vms);
     let jobs = jobs_state(client, &jobs).await?;
     applied.sort();
     Ok(Applied {
@@ -401,8 +546,10 @@ pub async fn remove_all(client: &kube::Client, cp: &ControlPlane) -> Result<(), 
     let objects: Vec<HookObject> = cp
         .status
         .iter()
-        .flat_map(|s| s.hook_statuses.iter())
-        .flat_map(|h| h.objects.iter().cloned())
+        .flat_map(|s| {
+            let applied = s.hook_statuses.iter().flat_map(|h| h.objects.iter());
+            applied.chain(&s.retiring_nodes).cloned()
+        })
         .collect();
     delete_objects(client, &objects, &mut Resources::default()).await
 }
@@ -543,5 +690,183 @@ mod tests {
         cp.spec.post_create_hooks[0].hook_name = Some("my-nodes".into());
         cp.spec.post_create_hooks[0].vars = [(NODE_COUNT_VAR.to_string(), "2".to_string())].into();
         assert!(wants_workers(&cp));
+    }
+
+    fn hooked(uses: &[&str], previous: Vec<HookStatus>) -> ControlPlane {
+        use hostplane_crds::{ControlPlaneSpec, ControlPlaneStatus, PostCreateHookUse};
+        let mut cp = ControlPlane::new("acme", ControlPlaneSpec::default());
+        cp.spec.post_create_hooks = uses
+            .iter()
+            .map(|name| PostCreateHookUse {
+                hook_name: Some(name.to_string()),
+                vars: Default::default(),
+            })
+            .collect();
+        cp.status = Some(ControlPlaneStatus {
+            hook_statuses: previous,
+            ..Default::default()
+        });
+        cp
+    }
+
+    #[test]
+    fn hooks_wait_as_pending_while_the_tenant_is_not_ready() {
+        let applied = HookStatus {
+            name: "applied".into(),
+            phase: HookPhase::Succeeded,
+            message: "1 objects applied in acme-system".into(),
+            attempts: 1,
+            ..Default::default()
+        };
+        let dropped = HookStatus {
+            name: "dropped".into(),
+            phase: HookPhase::Succeeded,
+            objects: vec![HookObject {
+                api_version: "v1".into(),
+                kind: "ConfigMap".into(),
+                name: "x".into(),
+                namespace: Some("acme-system".into()),
+            }],
+            ..Default::default()
+        };
+        let earlier_wait = HookStatus {
+            name: "new".into(),
+            phase: HookPhase::Pending,
+            message: "waiting for the tenant to be Ready (now Creating)".into(),
+            ..Default::default()
+        };
+        let cp = hooked(
+            &["new", "applied"],
+            vec![earlier_wait, applied.clone(), dropped.clone()],
+        );
+        assert_eq!(
+            waiting_statuses(&cp, "the tenant to be Ready (now DatastoreUnavailable)"),
+            vec![
+                HookStatus {
+                    name: "new".into(),
+                    phase: HookPhase::Pending,
+                    message: "waiting for the tenant to be Ready (now DatastoreUnavailable)".into(),
+                    ..Default::default()
+                },
+                // Applied before an outage: still applied.
+                applied,
+                // Kept so that the next pass applying hooks removes its objects.
+                dropped,
+            ]
+        );
+        // A ControlPlane seen for the first time.
+        let mut fresh = hooked(&[KUBEVIRT_NODES], vec![]);
+        fresh.status = None;
+        let statuses = waiting_statuses(&fresh, "the tenant to be Ready (now Creating)");
+        assert_eq!(statuses.len(), 1);
+        assert_eq!(statuses[0].phase, HookPhase::Pending);
+        assert_eq!(
+            statuses[0].message,
+            "waiting for the tenant to be Ready (now Creating)"
+        );
+        assert!(!all_succeeded(&statuses));
+    }
+
+    #[test]
+    fn a_hook_waiting_for_its_retry_is_pending_with_the_last_failure() {
+        let now: Timestamp = "2026-11-23T12:00:10Z".parse().unwrap();
+        let failure = failed(3, "2026-11-23T12:00:00Z");
+        let (waiting, left) = waiting_for_retry(&failure, now).expect("in its backoff");
+        assert_eq!(left, Duration::from_secs(10));
+        assert_eq!(
+            waiting,
+            HookStatus {
+                phase: HookPhase::Pending,
+                message: "waiting for retry 4 at 2026-11-23T12:00:20Z; the last attempt failed: \
+                          PostCreateHook h not found"
+                    .into(),
+                ..failure.clone()
+            }
+        );
+        // The next pass keeps it as it is, and still knows when the retry is due.
+        let later: Timestamp = "2026-11-23T12:00:15Z".parse().unwrap();
+        assert_eq!(
+            waiting_for_retry(&waiting, later),
+            Some((waiting.clone(), Duration::from_secs(5)))
+        );
+        // Due: applied again (no waiting status), whether the last pass said Failed or Pending.
+        let due: Timestamp = "2026-11-23T12:00:20Z".parse().unwrap();
+        assert_eq!(waiting_for_retry(&waiting, due), None);
+        assert_eq!(waiting_for_retry(&failure, due), None);
+        // Pending for its tenant is not a retry: applied as soon as the tenant is Ready.
+        let for_tenant = HookStatus {
+            name: "h".into(),
+            phase: HookPhase::Pending,
+            message: "waiting for the tenant to be Ready (now Creating)".into(),
+            ..Default::default()
+        };
+        assert_eq!(waiting_for_retry(&for_tenant, now), None);
+    }
+
+    /// Worker VMs of the built-in hook reach their tenant's API server directly, so their pods
+    /// must carry the label the pods runtime's NetworkPolicy admits from the namespace.
+    #[test]
+    fn kubevirt_node_pods_carry_the_label_the_control_plane_policy_admits() {
+        use crate::build::pods::{self, CONTROL_PLANE_INGRESS_POLICY, PodsConfig, PodsTenant};
+        let plan = crate::build::pods::tests::plan();
+        let objects = pods::pods_objects(
+            &plan,
+            &PodsConfig::default(),
+            &PodsTenant {
+                pki: &crate::build::pods::tests::pki(),
+                datastore_secret: "datastore",
+                datastore_key: "url",
+                workers: true,
+                dedicated_etcd: false,
+                placement: None,
+            },
+        );
+        let policy = objects
+            .network_policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(CONTROL_PLANE_INGRESS_POLICY))
+            .expect("the control plane's ingress policy");
+        let policy = serde_json::to_value(policy).unwrap();
+        // The peer admitting pods of the tenant's own namespace: a pod selector alone.
+        let admitted: Vec<&Value> = policy["spec"]["ingress"][0]["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|peer| peer.get("namespaceSelector").is_none())
+            .map(|peer| &peer["podSelector"]["matchLabels"])
+            .collect();
+        assert_eq!(admitted, [&serde_json::json!({CONTROLPLANE_LABEL: "acme"})]);
+
+        let hook = hostplane_hooks::builtin_hook(KUBEVIRT_NODES).unwrap();
+        let hook_use = HookUse {
+            hook_name: KUBEVIRT_NODES.into(),
+            vars: [(NODE_COUNT_VAR.to_string(), "2".to_string())].into(),
+        };
+        let mut vars = variables(
+            &hook,
+            &hook_use,
+            &plan.name,
+            &Default::default(),
+            &plan.namespace,
+        );
+        for name in [
+            hostplane_hooks::JOIN_ENDPOINT_VAR,
+            hostplane_hooks::BOOTSTRAP_TOKEN_VAR,
+            hostplane_hooks::CA_CERT_HASH_VAR,
+        ] {
+            vars.insert(name.to_string(), "x".to_string());
+        }
+        let mut vms = render_hook_per_node(&hook, &vars).unwrap();
+        assert_eq!(vms.len(), 2);
+        for vm in &mut vms {
+            place_in_namespace(vm, &plan.namespace);
+            label(vm, &plan.name, KUBEVIRT_NODES);
+            // Same namespace as the policy, and every label it selects on.
+            assert_eq!(vm["metadata"]["namespace"], policy["metadata"]["namespace"]);
+            let pod_labels = &vm["spec"]["template"]["metadata"]["labels"];
+            for (key, value) in admitted[0].as_object().unwrap() {
+                assert_eq!(&pod_labels[key], value, "{key} on {pod_labels}");
+            }
+        }
     }
 }

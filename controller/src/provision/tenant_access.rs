@@ -1,14 +1,16 @@
 //! Credentials inside a tenant: the controller's own client (a private client certificate),
-//! and the ServiceAccount whose expiring tokens people get in their kubeconfigs.
+//! and the ServiceAccount whose expiring tokens people get in their kubeconfigs; and the
+//! retirement (cordon, drain, delete) of worker Nodes a scale-down removes.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::KubeConfigOptions;
 
 use crate::build::kubeconfig::{self, Credential};
@@ -31,8 +33,12 @@ pub enum TenantAccessError {
     Account(kube::Error),
     #[error("requesting a token for {ADMIN_NAMESPACE}/{ADMIN_SERVICE_ACCOUNT}: {0}")]
     TokenRequest(kube::Error),
-    #[error("removing Node {name} of a deleted worker VM: {source}")]
-    RemoveNode { name: String, source: kube::Error },
+    #[error("{step} retiring worker Node {name}: {source}")]
+    RetireNode {
+        name: String,
+        step: &'static str,
+        source: kube::Error,
+    },
 }
 
 /// A client for the tenant API server as the controller itself (client certificate, group
@@ -40,6 +46,24 @@ pub enum TenantAccessError {
 pub async fn controller_client(
     endpoint: &str,
     pki: &PkiFiles,
+) -> Result<kube::Client, TenantAccessError> {
+    client_as_controller(endpoint, pki, true).await
+}
+
+/// [`controller_client`] without kube's retries of 429 answers: an eviction a
+/// PodDisruptionBudget refuses answers 429, and is retried by the next pass instead of holding
+/// this one for minutes.
+pub async fn drain_client(
+    endpoint: &str,
+    pki: &PkiFiles,
+) -> Result<kube::Client, TenantAccessError> {
+    client_as_controller(endpoint, pki, false).await
+}
+
+async fn client_as_controller(
+    endpoint: &str,
+    pki: &PkiFiles,
+    retry: bool,
 ) -> Result<kube::Client, TenantAccessError> {
     let get = |k: &'static str| {
         pki.get(k)
@@ -57,9 +81,10 @@ pub async fn controller_client(
             key_pem: get("admin.key")?,
         },
     );
-    let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
+    let mut config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
         .await
         .map_err(|e| TenantAccessError::Client(e.to_string()))?;
+    config.default_retry = retry;
     kube::Client::try_from(config).map_err(|e| TenantAccessError::Client(e.to_string()))
 }
 
@@ -138,36 +163,176 @@ pub async fn ensure_admin_account(client: &kube::Client) -> Result<(), TenantAcc
     Ok(())
 }
 
-/// Removes the Nodes of worker VMs that are gone: cordoned first, so nothing is scheduled onto
-/// them meanwhile, then deleted (their kubelets went with the VMs, so there is nothing to drain
-/// cooperatively; pods bound to them are garbage-collected with the Node).
-pub async fn remove_nodes(
+/// Annotation on a tenant Node: when the controller cordoned it to retire it (RFC 3339). Kept
+/// in the tenant, so the drain's time bound survives a controller restart.
+pub const DRAIN_STARTED_ANNOTATION: &str = "tenancy.hostplane.io/drain-started";
+/// Pods a kubelet mirrors from static manifests: not evictable, they go with their Node.
+const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Where the retirement of one worker Node stands after a pass.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NodeRetirement {
+    /// Cordoned; pods are still on it (the message says which and why).
+    Draining(String),
+    /// The Node is gone from the tenant (or never registered): its VM may go now.
+    Removed,
+}
+
+/// One pass of retiring a worker Node, as `kubectl drain` then `kubectl delete node` would:
+/// cordon it (recording when), evict its pods through the Eviction API so PodDisruptionBudgets
+/// are respected (a refused eviction is retried on the next pass), and delete the Node once no
+/// pod is left. After `drain_timeout` the remaining pods are deleted regardless. Pods evicted
+/// from a Node whose kubelet is not Ready are deleted at once: no kubelet will finish them.
+/// DaemonSet and mirror pods are left to go with the Node.
+pub async fn retire_node(
     client: &kube::Client,
-    names: &[String],
-) -> Result<(), TenantAccessError> {
+    name: &str,
+    drain_timeout: Duration,
+    now: Timestamp,
+) -> Result<NodeRetirement, TenantAccessError> {
+    let failed = |step: &'static str| {
+        move |source| TenantAccessError::RetireNode {
+            name: name.to_string(),
+            step,
+            source,
+        }
+    };
     let nodes = Api::<Node>::all(client.clone());
-    for name in names {
-        let cordon = serde_json::json!({ "spec": { "unschedulable": true } });
-        let result = match nodes
+    let Some(node) = nodes.get_opt(name).await.map_err(failed("reading"))? else {
+        return Ok(NodeRetirement::Removed);
+    };
+    let recorded = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DRAIN_STARTED_ANNOTATION))
+        .and_then(|t| t.parse::<Timestamp>().ok());
+    let cordoned = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+    if recorded.is_none() || !cordoned {
+        let started = recorded.unwrap_or(now).to_string();
+        let cordon = serde_json::json!({
+            "metadata": { "annotations": { DRAIN_STARTED_ANNOTATION: started } },
+            "spec": { "unschedulable": true },
+        });
+        nodes
             .patch(name, &PatchParams::default(), &Patch::Merge(&cordon))
             .await
-        {
-            Ok(_) => nodes
-                .delete(name, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-            Err(e) => Err(e),
+            .map_err(failed("cordoning"))?;
+        tracing::info!(node = %name, "cordoned a retiring worker Node");
+    }
+    let started = recorded.unwrap_or(now);
+    let timed_out = SignedDuration::try_from(drain_timeout)
+        .ok()
+        .is_some_and(|limit| now.duration_since(started) >= limit);
+    let kubelet_ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
+        .await
+        .map_err(failed("listing the pods of"))?;
+    let mut waiting = Vec::new();
+    for pod in pods.items.iter().filter(|p| drained(p)) {
+        let (Some(pod_name), Some(namespace)) = (&pod.metadata.name, &pod.metadata.namespace)
+        else {
+            continue;
         };
-        match result {
-            Ok(()) => tracing::info!(node = %name, "removed the Node of a deleted worker VM"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(source) => {
-                return Err(TenantAccessError::RemoveNode {
-                    name: name.clone(),
-                    source,
-                });
+        let api = Api::<Pod>::namespaced(client.clone(), namespace);
+        let evicted = if timed_out || pod.metadata.deletion_timestamp.is_some() {
+            Ok(())
+        } else {
+            match api.evict(pod_name, &EvictParams::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 404 => continue,
+                // 429: a PodDisruptionBudget allows no disruption now.
+                Err(kube::Error::Api(e)) if e.code == 429 => Err(e.message),
+                Err(e) => return Err(failed("evicting the pods of")(e)),
             }
+        };
+        let force = match &evicted {
+            Ok(()) => timed_out || !kubelet_ready,
+            Err(_) => false,
+        };
+        if force {
+            if timed_out {
+                tracing::warn!(node = %name, pod = %format!("{namespace}/{pod_name}"), "drain timed out; deleting the pod");
+            }
+            match api
+                .delete(pod_name, &DeleteParams::default().grace_period(0))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(failed("deleting the pods of")(e)),
+            }
+            continue;
         }
+        waiting.push(match evicted {
+            Ok(()) => format!("{namespace}/{pod_name} (terminating)"),
+            Err(refused) => format!("{namespace}/{pod_name} ({refused})"),
+        });
+    }
+    if !waiting.is_empty() {
+        return Ok(NodeRetirement::Draining(format!(
+            "draining Node {name}: waiting for {}",
+            waiting.join(", ")
+        )));
+    }
+    match nodes.delete(name, &DeleteParams::default()).await {
+        Ok(_) => tracing::info!(node = %name, "removed a drained worker Node"),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(failed("deleting")(e)),
+    }
+    Ok(NodeRetirement::Removed)
+}
+
+/// Whether draining waits for this pod: DaemonSet pods would come straight back (they tolerate
+/// the cordon) and mirror pods cannot be evicted; both go with the Node.
+fn drained(pod: &Pod) -> bool {
+    let mirror = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(MIRROR_POD_ANNOTATION));
+    let daemon = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "DaemonSet" && o.controller == Some(true));
+    !mirror && !daemon
+}
+
+/// Takes back the cordon of a Node whose retirement was called off (its VM is wanted again),
+/// only if the controller put it there.
+pub async fn keep_node(client: &kube::Client, name: &str) -> Result<(), TenantAccessError> {
+    let failed = |source| TenantAccessError::RetireNode {
+        name: name.to_string(),
+        step: "uncordoning",
+        source,
+    };
+    let nodes = Api::<Node>::all(client.clone());
+    let Some(node) = nodes.get_opt(name).await.map_err(failed)? else {
+        return Ok(());
+    };
+    let ours = node
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(DRAIN_STARTED_ANNOTATION));
+    if ours {
+        let uncordon = serde_json::json!({
+            "metadata": { "annotations": { DRAIN_STARTED_ANNOTATION: null } },
+            "spec": { "unschedulable": null },
+        });
+        nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&uncordon))
+            .await
+            .map_err(failed)?;
+        tracing::info!(node = %name, "worker Node wanted again; uncordoned");
     }
     Ok(())
 }
@@ -267,6 +432,29 @@ mod tests {
             0.8,
             ts("2026-01-01T01:36:00Z")
         ));
+    }
+
+    #[test]
+    fn draining_waits_for_pods_but_not_daemonset_or_mirror_pods() {
+        let pod = |extra: serde_json::Value| -> Pod {
+            let mut value = serde_json::json!({ "metadata": { "name": "p", "namespace": "n" } });
+            value["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value(value).unwrap()
+        };
+        assert!(drained(&pod(serde_json::json!({}))));
+        let owned_by = |kind: &str| {
+            serde_json::json!({ "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": kind, "name": "o", "uid": "u", "controller": true,
+            }]})
+        };
+        assert!(drained(&pod(owned_by("ReplicaSet"))));
+        assert!(!drained(&pod(owned_by("DaemonSet"))));
+        assert!(!drained(&pod(serde_json::json!({
+            "annotations": { MIRROR_POD_ANNOTATION: "abc" },
+        }))));
     }
 
     #[test]

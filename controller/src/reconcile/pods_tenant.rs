@@ -124,12 +124,8 @@ pub(super) async fn provision(
         renew_at: Timestamp::now()
             .checked_add(recheck)
             .unwrap_or_else(|_| Timestamp::now()),
-        // Untouched this pass: keep what earlier passes recorded.
-        hooks: cp
-            .status
-            .as_ref()
-            .map(|s| s.hook_statuses.clone())
-            .unwrap_or_default(),
+        // Not applied this pass: what earlier passes recorded stays, new hooks are Pending.
+        hooks: hooks::waiting_statuses(cp, "the controller to reach the tenant API server"),
         hooks_recheck_in: None,
         unreachable: Some(message),
         quota: None,

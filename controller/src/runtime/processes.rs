@@ -4,16 +4,17 @@
 //! - Supervised: a process that exits is started again with exponential backoff.
 //! - Adopted, never duplicated: every process's pid is kept in `<name>.pid`; after a controller
 //!   restart a live process whose argv matches exactly is adopted instead of started again.
-//! - Fingerprinted: when a tenant's files or flags change (say, rotated certificates) its
-//!   processes are restarted with the new ones.
+//! - Fingerprinted: when a tenant's files or flags change (say, a new CA) its processes are
+//!   restarted with the new ones. A renewed leaf certificate restarts at most the process that
+//!   would re-read it only after the one it holds expired (`restarts_for_renewal`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -22,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::build::processes::{ControlPlaneBundle, ProcessSpec, TenantPorts};
+use crate::build::processes::{ControlPlaneBundle, ProcessSpec, ReloadedPair, TenantPorts};
 use crate::runtime::cgroup::CpuGroups;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +62,16 @@ struct TenantProcesses {
     /// In start order (datastore, API server, its clients), each with its own stop signal:
     /// stopped in reverse, since an API server whose datastore went first hangs in its
     /// shutdown until it is killed.
-    supervisors: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    supervisors: Vec<Supervisor>,
     /// The CPU limit, applied once the API server is ready (see `ensure`).
     cpu_millicores: Option<u32>,
+}
+
+/// The task keeping one process running, and its stop signal.
+struct Supervisor {
+    process: &'static str,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
 }
 
 /// Supervises the processes of every tenant this controller runs.
@@ -177,26 +185,37 @@ impl ProcessRuntime {
         let lock = self.tenant_lock(key);
         let _serialized = lock.lock().await;
         let fingerprint = bundle.fingerprint();
-        let previous = {
+        // Decided before the renewed files replace the ones the processes hold.
+        let renewal_restarts =
+            bundle.restarts_for_renewal(&self.pairs_on_disk(key, bundle), SystemTime::now());
+        let kept = {
             let mut tenants = self.tenants.lock().expect("runtime lock");
             match tenants.get_mut(key) {
                 Some(t)
                     if t.fingerprint == fingerprint
-                        && t.supervisors.iter().all(|(_, s)| !s.is_finished()) =>
+                        && t.supervisors.iter().all(|s| !s.task.is_finished()) =>
                 {
-                    // The same processes; renewed leaves they re-read still go to disk, and a
-                    // changed CPU limit applies at once, without restarting anything.
                     let changed = std::mem::replace(&mut t.cpu_millicores, bundle.cpu_millicores)
                         != bundle.cpu_millicores;
-                    let ready = *t.api_ready.borrow();
-                    drop(tenants);
-                    if changed && ready {
-                        self.limit_cpu(key, bundle.cpu_millicores);
-                    }
-                    return self.write_files(key, bundle);
+                    Ok(changed && *t.api_ready.borrow())
                 }
-                _ => tenants.remove(key),
+                _ => Err(tenants.remove(key)),
             }
+        };
+        let previous = match kept {
+            // The same processes; renewed leaves go to disk for them to re-read (restarting
+            // only those that would re-read them too late), and a changed CPU limit applies at
+            // once, without restarting anything.
+            Ok(limit_changed) => {
+                if limit_changed {
+                    self.limit_cpu(key, bundle.cpu_millicores);
+                }
+                self.write_files(key, bundle)?;
+                self.restart_for_renewal(key, bundle, &renewal_restarts)
+                    .await;
+                return Ok(());
+            }
+            Err(previous) => previous,
         };
         // Starting is not limited: kube-apiserver's start takes several CPU-seconds, which a
         // small limit would stretch to tens of seconds of wall time. The limit applies once the
@@ -229,17 +248,14 @@ impl ProcessRuntime {
             .processes
             .iter()
             .map(|spec| {
-                let (stop, stop_rx) = watch::channel(false);
-                let task = tokio::spawn(supervise(
-                    key.to_string(),
-                    spec.clone(),
-                    dir.clone(),
-                    adoptable,
-                    cpu_group.clone(),
-                    stop_rx,
-                    api_ready_rx.clone(),
-                ));
-                (stop, task)
+                // A running process holding a certificate it would not replace in time (a
+                // controller restart missed the renewal) is started again, not adopted.
+                let renew = adoptable && renewal_restarts.contains(spec.name);
+                if renew {
+                    info!(tenant = key, process = spec.name, "{RENEWAL_RESTART}");
+                }
+                let adoptable = adoptable && !renew;
+                start_supervisor(key, spec, &dir, adoptable, &cpu_group, &api_ready_rx)
             })
             .collect();
         self.tenants.lock().expect("runtime lock").insert(
@@ -252,6 +268,57 @@ impl ProcessRuntime {
             },
         );
         Ok(())
+    }
+
+    /// The bundle's renewable pairs as the tenant's state dir holds them now.
+    fn pairs_on_disk(&self, key: &str, bundle: &ControlPlaneBundle) -> BTreeMap<PathBuf, Vec<u8>> {
+        let dir = self.tenant_dir(key);
+        bundle
+            .reloaded
+            .iter()
+            .flat_map(ReloadedPair::files)
+            .filter_map(|rel| Some((rel.clone(), std::fs::read(dir.join(&rel)).ok()?)))
+            .collect()
+    }
+
+    /// Restarts `processes` of a running tenant, its renewed files written: each would re-read
+    /// a renewed certificate only after the one it holds expired. The others keep running.
+    async fn restart_for_renewal(
+        &self,
+        key: &str,
+        bundle: &ControlPlaneBundle,
+        processes: &BTreeSet<&'static str>,
+    ) {
+        let dir = self.tenant_dir(key);
+        let cpu_group = self.cpu.as_ref().map(|groups| TenantGroup {
+            groups: groups.clone(),
+            tenant: key.to_string(),
+        });
+        for spec in bundle
+            .processes
+            .iter()
+            .filter(|p| processes.contains(p.name))
+        {
+            // Out of the tenant's list while it stops (this tenant's lock keeps every other
+            // change out meanwhile), back in its place after: the stop order stays.
+            let taken = {
+                let mut tenants = self.tenants.lock().expect("runtime lock");
+                tenants.get_mut(key).and_then(|t| {
+                    let at = t.supervisors.iter().position(|s| s.process == spec.name)?;
+                    Some((at, t.supervisors.remove(at), t.api_ready.subscribe()))
+                })
+            };
+            let Some((at, old, api_ready)) = taken else {
+                continue;
+            };
+            info!(tenant = key, process = spec.name, "{RENEWAL_RESTART}");
+            let _ = old.stop.send(true);
+            let _ = old.task.await;
+            let new = start_supervisor(key, spec, &dir, false, &cpu_group, &api_ready);
+            if let Some(t) = self.tenants.lock().expect("runtime lock").get_mut(key) {
+                t.supervisors.insert(at.min(t.supervisors.len()), new);
+            }
+        }
     }
 
     /// Writes the bundle's files that differ on disk, each atomically (a renamed-in file is
@@ -362,7 +429,7 @@ impl ProcessRuntime {
     #[cfg(test)]
     fn abandon(&self) {
         for (_, t) in self.tenants.lock().expect("runtime lock").drain() {
-            t.supervisors.iter().for_each(|(_, s)| s.abort());
+            t.supervisors.iter().for_each(|s| s.task.abort());
         }
     }
 
@@ -382,9 +449,38 @@ impl ProcessRuntime {
 }
 
 async fn stop_supervisors(t: TenantProcesses) {
-    for (stop, supervisor) in t.supervisors.into_iter().rev() {
-        let _ = stop.send(true);
-        let _ = supervisor.await;
+    for s in t.supervisors.into_iter().rev() {
+        let _ = s.stop.send(true);
+        let _ = s.task.await;
+    }
+}
+
+const RENEWAL_RESTART: &str =
+    "restarting it: the certificate it holds expires before it would re-read the renewed one";
+
+/// Starts supervising one process of a tenant.
+fn start_supervisor(
+    key: &str,
+    spec: &ProcessSpec,
+    dir: &Path,
+    adoptable: bool,
+    cpu_group: &Option<TenantGroup>,
+    api_ready: &watch::Receiver<bool>,
+) -> Supervisor {
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(supervise(
+        key.to_string(),
+        spec.clone(),
+        dir.to_path_buf(),
+        adoptable,
+        cpu_group.clone(),
+        stop_rx,
+        api_ready.clone(),
+    ));
+    Supervisor {
+        process: spec.name,
+        stop,
+        task,
     }
 }
 
@@ -691,6 +787,7 @@ mod tests {
                 after_api_ready: false,
             }],
             cpu_millicores: None,
+            reloaded: vec![],
         }
     }
 
@@ -795,6 +892,107 @@ mod tests {
         assert_ne!(first, second);
         assert!(!is_alive(first));
         rt.remove("t2").await.unwrap();
+    }
+
+    /// Two sleepers: `polled` presents `pki/client.*`, re-read every 5 minutes; `watching`
+    /// presents `pki/serving.*`, re-read at once.
+    fn presenting(pki: &crate::pki::PkiFiles) -> ControlPlaneBundle {
+        use crate::build::processes::{CLIENT_GO_CERT_POLL, Reload, ReloadedPair};
+        let sleeper = |name, seconds: &str| ProcessSpec {
+            name,
+            program: "/bin/sleep".into(),
+            args: vec![seconds.into()],
+            env: vec![],
+            after_api_ready: false,
+        };
+        let files = [
+            ("pki/client.crt", "controller-manager.crt"),
+            ("pki/client.key", "controller-manager.key"),
+            ("pki/serving.crt", "apiserver.crt"),
+            ("pki/serving.key", "apiserver.key"),
+        ];
+        ControlPlaneBundle {
+            files: files
+                .iter()
+                .map(|(path, key)| (PathBuf::from(path), pki[*key].as_bytes().to_vec()))
+                .collect(),
+            processes: vec![sleeper("polled", "300"), sleeper("watching", "301")],
+            cpu_millicores: None,
+            reloaded: vec![
+                ReloadedPair {
+                    stem: "pki/client",
+                    presented_by: Some(("polled", Reload::Polled(CLIENT_GO_CERT_POLL))),
+                },
+                ReloadedPair {
+                    stem: "pki/serving",
+                    presented_by: Some(("watching", Reload::AtOnce)),
+                },
+            ],
+        }
+    }
+
+    async fn pids_of_both(rt: &ProcessRuntime, key: &str) -> Vec<(String, u32)> {
+        for _ in 0..100 {
+            let pids = rt.pids(key);
+            if pids.len() == 2 {
+                return pids;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("not both processes of {key} run: {:?}", rt.pids(key));
+    }
+
+    #[tokio::test]
+    async fn a_short_renewal_restarts_only_the_process_that_would_re_read_it_too_late() {
+        use crate::pki::{PkiFiles, PkiRequest, ensure_pki};
+        let req = PkiRequest {
+            cluster_name: "t7".into(),
+            apiserver_sans: vec![],
+            ca_validity: Duration::from_secs(3650 * 24 * 3600),
+            leaf_validity: Duration::from_secs(90),
+        };
+        let now = SystemTime::now();
+        let issued = ensure_pki(&PkiFiles::new(), &req, now).unwrap();
+        let renewed = ensure_pki(&issued, &req, now + Duration::from_secs(60)).unwrap();
+        let again = ensure_pki(&renewed, &req, now + Duration::from_secs(120)).unwrap();
+        let (first, second, third) = (
+            presenting(&issued),
+            presenting(&renewed),
+            presenting(&again),
+        );
+        assert_eq!(first.fingerprint(), second.fingerprint());
+
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(tmp.path());
+        rt.ensure("t7", &first).await.unwrap();
+        let before = pids_of_both(&rt, "t7").await;
+        rt.ensure("t7", &second).await.unwrap();
+        let after = pids_of_both(&rt, "t7").await;
+        assert_eq!(after[1], before[1], "the watching process was restarted");
+        assert_ne!(
+            after[0].1, before[0].1,
+            "the polled process was not restarted"
+        );
+        assert!(!is_alive(before[0].1));
+        assert_eq!(
+            std::fs::read(tmp.path().join("t7/pki/client.crt")).unwrap(),
+            second.files[Path::new("pki/client.crt")]
+        );
+        // Unchanged files restart nothing.
+        rt.ensure("t7", &second).await.unwrap();
+        assert_eq!(pids_of_both(&rt, "t7").await, after);
+
+        // A controller that restarts after the renewal: the polled process is started again,
+        // the other adopted.
+        rt.abandon();
+        let rt2 = ProcessRuntime::new(tmp.path());
+        rt2.ensure("t7", &third).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let adopted = pids_of_both(&rt2, "t7").await;
+        assert_eq!(adopted[1], after[1]);
+        assert_ne!(adopted[0].1, after[0].1);
+        assert!(!is_alive(after[0].1));
+        rt2.remove("t7").await.unwrap();
     }
 
     #[tokio::test]
