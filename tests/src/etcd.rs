@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
+use crate::Durability;
 use crate::binaries::Binaries;
 use crate::command::{CommandOutput, run_command};
 use crate::ports::free_port;
@@ -81,6 +82,12 @@ impl Etcd {
     /// the `root` certificate, no password) is created and authentication enabled, so every
     /// other client is confined to what its user's roles grant.
     pub async fn start_tls(auth: bool) -> Etcd {
+        Etcd::start_tls_with(auth, Durability::Fast).await
+    }
+
+    /// [`Etcd::start_tls`] with the given durability ([`Durability::Synced`] fsyncs its log, as
+    /// a production etcd does).
+    pub async fn start_tls_with(auth: bool, durability: Durability) -> Etcd {
         use hostplane_controller::pki;
         let dir = tempfile::Builder::new()
             .prefix("hostplane-etcd-tls-")
@@ -144,8 +151,10 @@ impl Etcd {
             .args(["--initial-cluster", &format!("default={peer_url}")])
             .arg(format!(
                 "--listen-metrics-urls=http://127.0.0.1:{metrics_port}"
-            ))
-            .arg("--unsafe-no-fsync");
+            ));
+        if durability == Durability::Fast {
+            command.arg("--unsafe-no-fsync");
+        }
         let process = ManagedProcess::spawn("etcd", command, dir.path().join("etcd.log"));
         let etcd = Etcd {
             process,

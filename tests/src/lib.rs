@@ -47,3 +47,14 @@ pub use postgres::Postgres;
 pub use probe::{http_get, tcp_accepts};
 pub use process::ManagedProcess;
 pub use wait::{wait_for, wait_until};
+
+/// Whether a datastore the harness starts syncs its writes to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// No fsync: tests lose nothing they care about on a machine crash, and fsync only slows
+    /// them.
+    Fast,
+    /// fsync on every commit, as a production Postgres or etcd runs: what a benchmark comparing
+    /// datastores must use on every side.
+    Synced,
+}

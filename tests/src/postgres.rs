@@ -12,6 +12,7 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use tempfile::TempDir;
 
+use crate::Durability;
 use crate::binaries::postgres_bin_dir;
 use crate::ports::free_port;
 use crate::process::ManagedProcess;
@@ -36,6 +37,12 @@ impl Postgres {
     /// accepts connections. When the tests run as root, the server runs as the `postgres`
     /// user, since PostgreSQL refuses to run as root.
     pub async fn start() -> Postgres {
+        Postgres::start_with(Durability::Fast).await
+    }
+
+    /// [`Postgres::start`] with the given durability: benchmarks that compare datastores start
+    /// it [`Durability::Synced`], as a production Postgres runs.
+    pub async fn start_with(durability: Durability) -> Postgres {
         let bin = postgres_bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("hostplane-postgres-")
@@ -88,11 +95,13 @@ impl Postgres {
             .arg("-k")
             .arg(&socket_dir)
             .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "max_connections=300"])
-            // Durability is not what these tests are about; speed is.
-            .args(["-c", "fsync=off"])
-            .args(["-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off"]);
+            .args(["-c", "max_connections=300"]);
+        if durability == Durability::Fast {
+            server
+                .args(["-c", "fsync=off"])
+                .args(["-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off"]);
+        }
         let process = ManagedProcess::spawn("postgres", server, dir.path().join("postgres.log"));
         let postgres = Postgres {
             process,
