@@ -329,7 +329,7 @@ impl Haproxy {
             &config,
             format!(
                 "global\n  maxconn 4096\n\
-                 defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+                 defaults\n  mode tcp\n  option splice-auto\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
                  frontend tls\n  bind {addr}\n  tcp-request inspect-delay 5s\n\
                  \x20 tcp-request content accept if {{ req_ssl_hello_type 1 }}\n\
                  \x20 use_backend tenant if {{ req_ssl_sni -i {SERVER_NAME} }}\n\
