@@ -41,7 +41,7 @@ fn rendered_containers(values: &[&str]) -> Vec<(String, Value)> {
 
 #[test]
 fn the_chart_passes_only_flags_and_variables_the_binary_has() {
-    let variants: [&[&str]; 5] = [
+    let variants: [&[&str]; 6] = [
         &[],
         &[
             "--set",
@@ -68,6 +68,15 @@ fn the_chart_passes_only_flags_and_variables_the_binary_has() {
             "controller.pods.images.kine=registry.example.com/kine:v0.17.5",
             "--set",
             "controller.postgres.dsnSecret.name=pg-admin",
+        ],
+        // The pods runtime's proxy Deployment with its download certificate and address.
+        &[
+            "--set",
+            "controller.runtime=pods",
+            "--set",
+            "controller.proxyAddress=tenants.example.com:443",
+            "--set",
+            "proxy.download.tlsSecret=proxy-download-tls",
         ],
     ];
     let mut checked = 0;
@@ -97,9 +106,10 @@ fn the_chart_passes_only_flags_and_variables_the_binary_has() {
             checked += 1;
         }
     }
+    // The proxy is a container of the controller's Deployment (processes) or of its own (pods).
     assert_eq!(
-        checked, 10,
-        "expected the controller and the proxy, five times"
+        checked, 12,
+        "expected the controller and the proxy, six times"
     );
 }
 

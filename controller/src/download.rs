@@ -6,11 +6,15 @@
 //! `controlplanes/kubeconfig`, whether they may have the tenant; the answer is a kubeconfig with
 //! a token minted for them on the tenant just now. So access to tenants is granted and revoked
 //! with ordinary RoleBindings on the host, and every download is a short-lived credential.
+//! The endpoint mints with the token the controller keeps in `<cp>-system/kubeconfig-minter`,
+//! which may only request tokens for the handed-out account (`build::minter`); it never reads
+//! the tenant's certificates or keys.
 //!
 //! The decisions are pure functions of the request and the reviews' answers (unit-tested
 //! below); [`DownloadServer`] only does the I/O around them. [`download_kubeconfig`] is the
 //! client side, used by `hostplane kubeconfig --url`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -45,7 +49,8 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, field, info, info_span, warn};
 
 use crate::build::kubeconfig;
-use crate::build::objects::{CERTS_SECRET, secret_strings};
+use crate::build::minter::{MINTER_CA_KEY, MINTER_SECRET, MINTER_TOKEN_KEY};
+use crate::build::objects::secret_strings;
 use crate::config::ProxyAccess;
 use crate::provision::tenant_access;
 use crate::validate::system_namespace;
@@ -265,6 +270,25 @@ pub fn ready_endpoint(cp: &ControlPlane) -> Result<String, Rejection> {
         .as_ref()
         .and_then(|s| s.endpoint.clone())
         .ok_or_else(|| not_ready("no endpoint in its status".into()))
+}
+
+/// The CA bundle and minter token of a `kubeconfig-minter` Secret's entries, or 503 while the
+/// controller has not filled it.
+pub fn minter_credentials(
+    name: &str,
+    entries: &BTreeMap<String, String>,
+) -> Result<(String, String), Rejection> {
+    let entry = |key: &str| entries.get(key).filter(|v| !v.trim().is_empty()).cloned();
+    match (entry(MINTER_CA_KEY), entry(MINTER_TOKEN_KEY)) {
+        (Some(ca), Some(token)) => Ok((ca, token.trim().to_string())),
+        _ => Err(Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "controlplane {name} cannot hand out kubeconfigs yet: {MINTER_SECRET} lacks \
+                 {MINTER_CA_KEY} or {MINTER_TOKEN_KEY}; try again shortly"
+            ),
+        )),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -683,20 +707,24 @@ impl Endpoint {
         let ttl = granted_ttl(requested, cp.spec.token_expiration_seconds);
         span.record("ttl", ttl);
 
+        // Only the minter Secret: a token that may mint handed-out tokens, and the CAs. Never
+        // the tenant's certificates, whose keys would let this internet-facing endpoint forge
+        // any identity in every tenant (build::minter).
         let namespace = system_namespace(name);
-        let certs = Api::<Secret>::namespaced(self.host.clone(), &namespace)
-            .get_opt(CERTS_SECRET)
+        let minter = Api::<Secret>::namespaced(self.host.clone(), &namespace)
+            .get_opt(MINTER_SECRET)
             .await
-            .map_err(|e| host_failure("reading the tenant certificates", e))?
+            .map_err(|e| host_failure("reading the kubeconfig minter Secret", e))?
             .ok_or_else(|| {
                 Rejection::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
-                        "controlplane {name} has no certificates in {namespace}/{CERTS_SECRET} yet"
+                        "controlplane {name} cannot hand out kubeconfigs yet: the controller has \
+                         not written {namespace}/{MINTER_SECRET}; try again shortly"
                     ),
                 )
             })?;
-        let pki = secret_strings(&certs);
+        let (ca, minter_token) = minter_credentials(name, &secret_strings(&minter))?;
         let tenant_failure = |e: tenant_access::TenantAccessError| {
             warn!(error = %e, "minting a tenant token failed");
             Rejection::new(
@@ -704,15 +732,14 @@ impl Endpoint {
                 format!("minting a token on controlplane {name} failed: {e}"),
             )
         };
-        let tenant = tenant_access::controller_client(&endpoint, &pki)
+        let tenant = tenant_access::token_client(&endpoint, &ca, &minter_token)
             .await
             .map_err(tenant_failure)?;
         let minted = tenant_access::mint_token(&tenant, ttl)
             .await
             .map_err(tenant_failure)?;
-        let ca = crate::pki::rotation::trusted(&pki).unwrap_or_default();
         let config =
-            kubeconfig::handed_out(name, &endpoint, ca, &minted.token, self.proxy.as_ref());
+            kubeconfig::handed_out(name, &endpoint, &ca, &minted.token, self.proxy.as_ref());
         info!(expires_at = %minted.expires_at, "issued a kubeconfig");
         Ok(kubeconfig::to_yaml(&config))
     }
@@ -831,8 +858,6 @@ pub async fn download_kubeconfig(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use hostplane_crds::{ControlPlaneCondition, ControlPlaneSpec, ControlPlaneStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -1071,6 +1096,33 @@ mod tests {
                 .message,
             "controlplane acme is not Ready: Creating: details"
         );
+    }
+
+    #[test]
+    fn the_minter_secret_must_hold_both_the_cas_and_a_token() {
+        let entries = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            minter_credentials("acme", &entries(&[("ca.crt", "CA"), ("token", "t\n")])),
+            Ok(("CA".to_string(), "t".to_string()))
+        );
+        for partial in [
+            entries(&[]),
+            entries(&[("ca.crt", "CA")]),
+            entries(&[("token", "t")]),
+            entries(&[("ca.crt", "CA"), ("token", " ")]),
+        ] {
+            let rejection = minter_credentials("acme", &partial).unwrap_err();
+            assert_eq!(rejection.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                rejection.message.contains("kubeconfig-minter"),
+                "{rejection:?}"
+            );
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 
 mod etcd;
+pub mod expiry;
 pub mod rotation;
 pub use etcd::{
     API_SERVER_ETCD_CLIENT, SharedEtcdCas, ensure_dedicated_etcd_pki,
@@ -566,6 +567,16 @@ pub fn next_renewal(files: &PkiFiles) -> Option<SystemTime> {
         .min()
         .and_then(|due| u64::try_from(due).ok())
         .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// notBefore and notAfter of a certificate, in seconds since the Unix epoch.
+pub fn validity(cert_pem: &str) -> Result<(i128, i128), PkiError> {
+    with_cert("certificate", cert_pem, |c| {
+        (
+            i128::from(c.validity().not_before.timestamp()),
+            i128::from(c.validity().not_after.timestamp()),
+        )
+    })
 }
 
 /// Whole seconds from `now` until the certificate expires, negative once it has.

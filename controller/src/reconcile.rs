@@ -26,12 +26,12 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::build::join::JoinConfig;
-use crate::build::kubeconfig;
 use crate::build::objects::{
     self, CERTS_SECRET, DATASTORE_SECRET, KUBECONFIG_INCLUSTER_KEY, KUBECONFIG_KEY,
     KUBECONFIG_SECRET,
 };
 use crate::build::processes::{BundleInput, EtcdClientTls, Store, control_plane_bundle};
+use crate::build::{kubeconfig, minter};
 use crate::config::{ControllerConfig, TenantRuntime};
 use crate::hibernation::{self, Decision};
 use crate::metrics::{FailureLabels, Metrics};
@@ -674,7 +674,7 @@ async fn provision_tenant(
 }
 
 /// Once the tenant API server answers (either runtime): its admin account, the handed-out
-/// kubeconfig, worker join material and post-create hooks.
+/// kubeconfig, the download endpoint's minter Secret, worker join material and post-create hooks.
 async fn serve_tenant(
     cp: &ControlPlane,
     plan: &TenantPlan,
@@ -685,6 +685,7 @@ async fn serve_tenant(
 ) -> Result<Progress, ReconcileError> {
     tenant_access::ensure_admin_account(client).await?;
     let renew_at = ensure_kubeconfig(plan, ctx, client, &endpoint, pki).await?;
+    let renew_at = renew_at.min(ensure_minter(plan, ctx, client, pki).await?);
     let quota = limits::enforce(cp, plan, ctx, client, pki).await?;
     // Back when a certificate is due as well, so that short leaf lifetimes never lapse.
     let renew_at = pki::next_renewal(pki)
@@ -1112,12 +1113,7 @@ async fn ensure_kubeconfig(
         None => endpoint.to_string(),
     };
     let current = get_secret(ctx, &plan.namespace, KUBECONFIG_SECRET).await?;
-    let times = current.as_ref().and_then(|s| {
-        let a = s.metadata.annotations.as_ref()?;
-        let issued: Timestamp = a.get(objects::TOKEN_ISSUED_AT)?.parse().ok()?;
-        let expires: Timestamp = a.get(objects::TOKEN_EXPIRES_AT)?.parse().ok()?;
-        Some((issued, expires))
-    });
+    let times = current.as_ref().and_then(token_times);
     // The CAs to trust (two during a CA rotation): a kubeconfig with others is re-issued.
     let ca = pki::rotation::trusted(pki).unwrap_or_default();
     let server_matches = current.as_ref().is_some_and(|s| {
@@ -1167,6 +1163,60 @@ async fn ensure_kubeconfig(
     );
     apply_secret(ctx, &secret).await?;
     info!(controlplane = %plan.name, expires_at = %minted.expires_at, "issued kubeconfig token");
+    Ok(tenant_access::renew_at(
+        minted.issued_at,
+        minted.expires_at,
+        fraction,
+    ))
+}
+
+/// The lifetime of the token a Secret holds, from the annotations it was written with.
+fn token_times(secret: &Secret) -> Option<(Timestamp, Timestamp)> {
+    let a = secret.metadata.annotations.as_ref()?;
+    let issued: Timestamp = a.get(objects::TOKEN_ISSUED_AT)?.parse().ok()?;
+    let expires: Timestamp = a.get(objects::TOKEN_EXPIRES_AT)?.parse().ok()?;
+    Some((issued, expires))
+}
+
+/// Keeps `<cp>-system/kubeconfig-minter` current for the download endpoint (`build::minter`):
+/// the CAs handed-out kubeconfigs trust and a token that may only mint handed-out tokens,
+/// renewed like the handed-out token and re-issued when the CAs change. Returns when the next
+/// renewal is.
+async fn ensure_minter(
+    plan: &TenantPlan,
+    ctx: &Context,
+    tenant: &kube::Client,
+    pki: &pki::PkiFiles,
+) -> Result<Timestamp, ReconcileError> {
+    tenant_access::ensure_minter_account(tenant).await?;
+    let ca = pki::rotation::trusted(pki).unwrap_or_default();
+    let fraction = ctx.config.token_renew_fraction;
+    let current = get_secret(ctx, &plan.namespace, minter::MINTER_SECRET).await?;
+    if let Some(current) = &current
+        && let Some((issued, expires)) = token_times(current)
+        && objects::secret_strings(current)
+            .get(minter::MINTER_CA_KEY)
+            .is_some_and(|held| held == ca)
+        && !tenant_access::token_due(
+            issued,
+            expires,
+            minter::MINTER_TOKEN_TTL_SECONDS,
+            fraction,
+            Timestamp::now(),
+        )
+    {
+        return Ok(tenant_access::renew_at(issued, expires, fraction));
+    }
+    let minted = tenant_access::mint_minter_token(tenant).await?;
+    let secret = minter::minter_secret(
+        plan,
+        ca,
+        &minted.token,
+        &minted.issued_at.to_string(),
+        &minted.expires_at.to_string(),
+    );
+    apply_secret(ctx, &secret).await?;
+    info!(controlplane = %plan.name, expires_at = %minted.expires_at, "issued kubeconfig minter token");
     Ok(tenant_access::renew_at(
         minted.issued_at,
         minted.expires_at,

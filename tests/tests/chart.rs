@@ -1,6 +1,7 @@
 //! The Helm chart `charts/hostplane`: it lints clean, renders locked-down pods and least-privilege
-//! RBAC, installs into a real kube-apiserver (on etcd) where the controller's ServiceAccount may
-//! do exactly what the controller does, and uninstalls without leaving its objects behind.
+//! RBAC, installs into a real kube-apiserver (on etcd) where the controller's ServiceAccount (and,
+//! with the pods runtime, the proxy's) may do exactly what the controller (the proxy) does, and
+//! uninstalls without leaving its objects behind.
 //!
 //! The apiserver has no kubelet, so pods never run: the test checks the objects helm created and
 //! what RBAC lets their identities do, as `kubectl auth can-i` answers it.
@@ -19,6 +20,10 @@ const RELEASE: &str = "hp";
 const NAMESPACE: &str = "hostplane-system";
 const CONTROLLER_SA: &str = "hp-hostplane-controller";
 const PROXY_SERVICE: &str = "hp-hostplane-proxy";
+/// With the pods runtime the proxy's Deployment, ServiceAccount, ClusterRole(Binding) and
+/// PodDisruptionBudget, all named like its Service.
+const PROXY: &str = "hp-hostplane-proxy";
+const PROXY_METRICS_SERVICE: &str = "hp-hostplane-proxy-metrics";
 const LEADER_ELECTION: &str = "hp-hostplane-controller-leader-election";
 /// The controller's Lease: its name is the controller's.
 const LEASE: &str = "leases.coordination.k8s.io/hp-hostplane-controller";
@@ -103,6 +108,40 @@ fn find<'a>(documents: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{kind} {name} not rendered"))
 }
 
+/// The chart's version, as its `helm.sh/chart` label carries it.
+fn chart_version() -> String {
+    let chart: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo("charts/hostplane/Chart.yaml")).expect("Chart.yaml"),
+    )
+    .expect("Chart.yaml is YAML");
+    chart["version"]
+        .as_str()
+        .expect("Chart.yaml version")
+        .to_owned()
+}
+
+/// The selector labels of one of the release's components.
+fn selector_labels(component: &str) -> Value {
+    json!({
+        "app.kubernetes.io/name": "hostplane",
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/component": component,
+    })
+}
+
+/// The labels of the release's objects and pods of one component.
+fn component_labels(component: &str) -> Value {
+    json!({
+        "helm.sh/chart": format!("hostplane-{}", chart_version()),
+        "app.kubernetes.io/name": "hostplane",
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/version": "0.1.0",
+        "app.kubernetes.io/managed-by": "Helm",
+        "app.kubernetes.io/part-of": "hostplane",
+        "app.kubernetes.io/component": component,
+    })
+}
+
 fn set(pairs: &[(&str, &str)]) -> Vec<String> {
     pairs
         .iter()
@@ -136,6 +175,26 @@ fn chart_lints_clean_and_refuses_unsafe_values() {
             ("controller.postgres.dsnSecret.name", "hostplane-postgres"),
             ("controller.replicas", "2"),
         ]),
+        // The proxy Deployment of the pods runtime, in its variants.
+        set(&[
+            ("controller.runtime", "pods"),
+            ("proxy.replicas", "3"),
+            ("proxy.podAntiAffinity", "hard"),
+            ("proxy.podDisruptionBudget.maxUnavailable", "50%"),
+            ("proxy.download.tlsSecret", "proxy-download-tls"),
+            ("proxy.serviceAccount.annotations.team", "edge"),
+            ("proxy.podAnnotations.team", "edge"),
+            ("controller.proxyAddress", "tenants.example.com:443"),
+            ("serviceMonitor.enabled", "true"),
+            ("serviceMonitor.force", "true"),
+        ]),
+        set(&[
+            ("controller.runtime", "pods"),
+            ("proxy.podAntiAffinity", ""),
+            ("proxy.podDisruptionBudget.enabled", "false"),
+            ("proxy.download.enabled", "false"),
+        ]),
+        set(&[("controller.runtime", "pods"), ("proxy.enabled", "false")]),
     ] {
         let mut args = vec!["lint", "--strict", &chart];
         args.extend(values.iter().map(String::as_str));
@@ -206,6 +265,20 @@ fn chart_lints_clean_and_refuses_unsafe_values() {
     );
     assert!(!out.success(), "an unknown runtime was accepted");
     assert!(out.stderr.contains("runtime"), "{}", out.stderr);
+    let out = helm(
+        &home,
+        &[
+            "template",
+            RELEASE,
+            &chart,
+            "--set",
+            "controller.runtime=pods",
+            "--set",
+            "proxy.podAntiAffinity=always",
+        ],
+    );
+    assert!(!out.success(), "an unknown anti-affinity was accepted");
+    assert!(out.stderr.contains("podAntiAffinity"), "{}", out.stderr);
     // `--set` passes decimals as strings; a valid one still reaches the flag.
     let controller = render(&home, &["--set", "controller.tokens.renewFraction=0.9"]);
     let args = args_of(rendered_container(&controller, "controller"));
@@ -257,6 +330,56 @@ fn container<'a>(deployment: &'a Value, name: &str) -> &'a Value {
 /// The container `name` of the one Deployment among `documents`.
 fn rendered_container<'a>(documents: &'a [Value], name: &str) -> &'a Value {
     container(find(documents, "Deployment", CONTROLLER_SA), name)
+}
+
+/// The proxy container with default values, whole: the sidecar of the controller pod (processes
+/// runtime) and the only container of the proxy pods (pods runtime) are the same.
+fn expected_proxy_container() -> Value {
+    json!({
+        "name": "proxy",
+        "image": "ghcr.io/hostplane/hostplane:0.1.0",
+        "imagePullPolicy": "IfNotPresent",
+        "args": [
+            "proxy",
+            "--log=info",
+            "--listen=0.0.0.0:9443",
+            "--tenant-domain=tenants.hostplane.local",
+            "--hello-timeout-ms=5000",
+            "--activity-interval-seconds=30",
+            "--wake-timeout-seconds=30",
+            "--metrics-listen=0.0.0.0:9465",
+            "--download-listen=0.0.0.0:9444",
+            "--download-ca-file=/tmp/download-ca.crt",
+        ],
+        "ports": [
+            {"name": "tenants", "containerPort": 9443, "protocol": "TCP"},
+            {"name": "download", "containerPort": 9444, "protocol": "TCP"},
+            {"name": "proxy-metrics", "containerPort": 9465, "protocol": "TCP"},
+        ],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "proxy-metrics"},
+            "periodSeconds": 20,
+            "timeoutSeconds": 5,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "proxy-metrics"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+        },
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        // The generated download certificate's CA goes to /tmp: the root filesystem is read-only.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    })
 }
 
 /// The flags a container starts `hostplane SUBCOMMAND` with.
@@ -328,6 +451,7 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
         "--leader-elect",
         "--leader-election-namespace=hostplane-system",
         "--leader-election-id=hp-hostplane-controller",
+        "--node-drain-timeout-seconds=300",
     ] {
         assert!(
             controller_args.iter().any(|a| a == flag),
@@ -358,27 +482,26 @@ fn chart_renders_locked_down_workloads_and_the_builtin_hook() {
         }])
     );
 
-    // The proxy listens on all interfaces in the pod; its Service forwards 443 there, and the
-    // download port beside it. Its probes use its own metrics server.
+    // The proxy sidecar, whole: it listens on all interfaces in the pod; its Service forwards 443
+    // there, and the download port beside it. Its probes use its own metrics server.
     let proxy_container = rendered_container(&documents, "proxy");
-    let proxy_args = args_of(proxy_container);
-    for flag in [
-        "--listen=0.0.0.0:9443",
-        "--download-listen=0.0.0.0:9444",
-        "--metrics-listen=0.0.0.0:9465",
-    ] {
-        assert!(
-            proxy_args.iter().any(|a| a == flag),
-            "{flag} missing from {proxy_args:?}"
-        );
-    }
+    assert_eq!(proxy_container, &expected_proxy_container());
+    // The pod's volumes: the state, and /tmp shared by both containers.
     assert_eq!(
-        proxy_container["livenessProbe"]["httpGet"]["path"],
-        "/healthz"
+        pod["volumes"],
+        json!([
+            {"name": "state", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+        ])
     );
+    let with_tls = render(
+        &home,
+        &["--set", "proxy.download.tlsSecret=proxy-download-tls"],
+    );
+    let with_tls = find(&with_tls, "Deployment", CONTROLLER_SA);
     assert_eq!(
-        proxy_container["readinessProbe"]["httpGet"]["path"],
-        "/readyz"
+        with_tls["spec"]["template"]["spec"]["volumes"][2],
+        json!({"name": "download-tls", "secret": {"secretName": "proxy-download-tls"}})
     );
     // The proxy Service reaches the proxy in the controller pods; only the elected leader, which
     // runs the tenants, is Ready and so behind it.
@@ -539,28 +662,50 @@ fn chart_renders_the_pods_runtime_with_its_flags_and_rules() {
             "controller.pods.images.kine=registry.example.com/kine:v9",
         ],
     );
-    // Same objects either way: tenants' pods are the controller's doing, not the chart's.
-    assert_eq!(kinds_and_names(&pods), kinds_and_names(&processes));
+    // The same objects plus the proxy's own (tenants' pods are the controller's doing, not the
+    // chart's).
+    let proxy_objects: BTreeSet<(String, String)> = [
+        ("Deployment", PROXY),
+        ("ServiceAccount", PROXY),
+        ("ClusterRole", PROXY),
+        ("ClusterRoleBinding", PROXY),
+        ("PodDisruptionBudget", PROXY),
+        ("Service", PROXY_METRICS_SERVICE),
+    ]
+    .iter()
+    .map(|(k, n)| (k.to_string(), n.to_string()))
+    .collect();
+    assert_eq!(
+        kinds_and_names(&pods),
+        &kinds_and_names(&processes) | &proxy_objects
+    );
 
     let args = args_of(rendered_container(&pods, "controller"));
     let deployment = find(&pods, "Deployment", CONTROLLER_SA);
-    let selector = deployment["spec"]["selector"]["matchLabels"]
-        .as_object()
-        .expect("selector");
-    let pod_labels = format!(
-        "--hostplane-pod-labels={}",
-        selector
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    // Tenants' NetworkPolicies must admit exactly the controller pods (which run the proxy).
-    let template_labels = &deployment["spec"]["template"]["metadata"]["labels"];
-    for (k, v) in selector {
-        assert_eq!(&template_labels[k], v, "pod label {k}");
+    let proxy = find(&pods, "Deployment", PROXY);
+    // Tenants' NetworkPolicies admit the pods with these labels from the release namespace: the
+    // labels the controller pods and the proxy pods share, without the component that keeps the
+    // two Deployments' selectors apart.
+    let pod_labels =
+        "--hostplane-pod-labels=app.kubernetes.io/instance=hp,app.kubernetes.io/name=hostplane";
+    for workload in [deployment, proxy] {
+        let template_labels = &workload["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(template_labels["app.kubernetes.io/instance"], RELEASE);
+        assert_eq!(template_labels["app.kubernetes.io/name"], "hostplane");
     }
-    assert_eq!(selector.len(), 3, "{selector:?}");
+    // Neither Deployment selects the other's pods.
+    for (workload, other) in [(deployment, proxy), (proxy, deployment)] {
+        let selector = workload["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .expect("selector");
+        let other_labels = &other["spec"]["template"]["metadata"]["labels"];
+        assert!(
+            selector.iter().any(|(k, v)| &other_labels[k] != v),
+            "{} selects the pods of {}",
+            workload["metadata"]["name"],
+            other["metadata"]["name"]
+        );
+    }
     for flag in [
         "--runtime=pods",
         "--kube-apiserver-image=registry.example.com/kube-apiserver",
@@ -568,17 +713,26 @@ fn chart_renders_the_pods_runtime_with_its_flags_and_rules() {
         "--kube-scheduler-image=registry.example.com/sched",
         "--kine-image=registry.example.com/kine:v9",
         "--hostplane-namespace=hostplane-system",
-        &pod_labels,
+        pod_labels,
     ] {
         assert!(
             args.iter().any(|a| a == flag),
             "{flag} missing from {args:?}"
         );
     }
-    // The proxy stays beside the controller: the NetworkPolicies name those pods.
+    // The proxy is not beside the controller any more: one container, no proxy volume.
     let pod = &deployment["spec"]["template"]["spec"];
-    assert_eq!(pod["containers"].as_array().map(Vec::len), Some(2));
+    assert_eq!(pod["containers"].as_array().map(Vec::len), Some(1));
+    assert_eq!(pod["containers"][0]["name"], "controller");
+    assert_eq!(
+        pod["volumes"],
+        json!([
+            {"name": "state", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+        ])
+    );
     assert_locked_down(deployment);
+    assert_locked_down(proxy);
 
     // Processes: the default runtime, none of the pods flags.
     let args = args_of(rendered_container(&processes, "controller"));
@@ -618,9 +772,322 @@ fn chart_renders_the_pods_runtime_with_its_flags_and_rules() {
             "{group}/{resource} granted with the pods runtime"
         );
     }
+    // The controller reviews no tokens: without the proxy container it needs neither review.
+    for (group, resource) in [
+        ("authentication.k8s.io", "tokenreviews"),
+        ("authorization.k8s.io", "subjectaccessreviews"),
+    ] {
+        assert_eq!(
+            granted(processes_role, group, resource),
+            BTreeSet::from(["create".to_owned()]),
+            "{group}/{resource} with the proxy container"
+        );
+        assert!(
+            granted(pods_role, group, resource).is_empty(),
+            "{group}/{resource} granted to the controller with the pods runtime"
+        );
+    }
+    // Six rules of the pods runtime in, the two review rules of the proxy container out.
     let pods_rules = pods_role["rules"].as_array().unwrap().len();
     let processes_rules = processes_role["rules"].as_array().unwrap().len();
-    assert_eq!(pods_rules, processes_rules + 6, "{pods_role}");
+    assert_eq!(pods_rules, processes_rules + 6 - 2, "{pods_role}");
+    assert_eq!(processes_rules, 11, "{processes_role}");
+}
+
+/// The proxy's ClusterRole with kubeconfig downloads, whole (charts/hostplane/README.md, "The
+/// proxy's ServiceAccount").
+fn expected_proxy_rules() -> Value {
+    json!([
+        // The route table (list, watch), the activity and wake annotations (patch), the
+        // ControlPlane a download asks for (get).
+        {
+            "apiGroups": ["tenancy.hostplane.io"],
+            "resources": ["controlplanes"],
+            "verbs": ["get", "list", "watch", "patch"],
+        },
+        // A download authenticates the caller and asks host RBAC about them.
+        {
+            "apiGroups": ["authentication.k8s.io"],
+            "resources": ["tokenreviews"],
+            "verbs": ["create"],
+        },
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        },
+        // And mints the caller's tenant token with the tenant's minter token (never with the
+        // tenant's certificates and keys).
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["kubeconfig-minter"],
+            "verbs": ["get"],
+        },
+    ])
+}
+
+#[test]
+fn chart_runs_the_proxy_as_its_own_deployment_with_the_pods_runtime() {
+    let home = helm_home();
+    let pods = render(&home, &["--set", "controller.runtime=pods"]);
+
+    // The proxy Deployment, whole: scaled on its own, rolled without losing a Ready pod, spread
+    // over nodes, with its own ServiceAccount and the same container as the sidecar of the
+    // processes runtime.
+    assert_eq!(
+        find(&pods, "Deployment", PROXY),
+        &json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {
+                "name": PROXY,
+                "namespace": NAMESPACE,
+                "labels": component_labels("proxy"),
+            },
+            "spec": {
+                "replicas": 2,
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+                },
+                "selector": {"matchLabels": selector_labels("proxy")},
+                "template": {
+                    "metadata": {"labels": component_labels("proxy")},
+                    "spec": {
+                        "serviceAccountName": PROXY,
+                        "securityContext": {
+                            "runAsNonRoot": true,
+                            "runAsUser": 65532,
+                            "runAsGroup": 65532,
+                            "fsGroup": 65532,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "affinity": {"podAntiAffinity": {
+                            "preferredDuringSchedulingIgnoredDuringExecution": [{
+                                "weight": 100,
+                                "podAffinityTerm": {
+                                    "topologyKey": "kubernetes.io/hostname",
+                                    "labelSelector": {"matchLabels": selector_labels("proxy")},
+                                },
+                            }],
+                        }},
+                        "containers": [expected_proxy_container()],
+                        "volumes": [{"name": "tmp", "emptyDir": {}}],
+                    },
+                },
+            },
+        })
+    );
+    assert_eq!(
+        find(&pods, "PodDisruptionBudget", PROXY),
+        &json!({
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {
+                "name": PROXY,
+                "namespace": NAMESPACE,
+                "labels": component_labels("proxy"),
+            },
+            "spec": {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": selector_labels("proxy")},
+            },
+        })
+    );
+    // Its Services select its pods: the public one for tenants and downloads, and a ClusterIP
+    // one for metrics. The controller's metrics Service keeps only the controller's port.
+    let proxy_service = find(&pods, "Service", PROXY_SERVICE);
+    assert_eq!(proxy_service["spec"]["selector"], selector_labels("proxy"));
+    assert_eq!(
+        proxy_service["spec"]["ports"],
+        json!([
+            {"name": "tenants", "port": 443, "targetPort": "tenants", "protocol": "TCP"},
+            {"name": "download", "port": 9444, "targetPort": "download", "protocol": "TCP"},
+        ])
+    );
+    let proxy_metrics = find(&pods, "Service", PROXY_METRICS_SERVICE);
+    assert_eq!(proxy_metrics["spec"]["type"], "ClusterIP");
+    assert_eq!(proxy_metrics["spec"]["selector"], selector_labels("proxy"));
+    assert_eq!(
+        proxy_metrics["spec"]["ports"],
+        json!([{"name": "proxy-metrics", "port": 9465, "targetPort": "proxy-metrics", "protocol": "TCP"}])
+    );
+    assert_eq!(
+        find(&pods, "Service", "hp-hostplane-metrics")["spec"]["ports"],
+        json!([{"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"}])
+    );
+
+    // Its own identity, bound to exactly what the proxy does.
+    assert_eq!(
+        find(&pods, "ServiceAccount", PROXY)["metadata"]["labels"],
+        component_labels("proxy")
+    );
+    assert_eq!(
+        find(&pods, "ClusterRole", PROXY)["rules"],
+        expected_proxy_rules()
+    );
+    let binding = find(&pods, "ClusterRoleBinding", PROXY);
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": PROXY})
+    );
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": PROXY, "namespace": NAMESPACE}])
+    );
+    // No Role anywhere for it: nothing namespaced, no Lease.
+    assert!(
+        !pods
+            .iter()
+            .any(|d| d["kind"] == "RoleBinding" && d["subjects"].to_string().contains(PROXY)),
+        "a RoleBinding names the proxy"
+    );
+
+    // Without downloads: only the route table and the annotations.
+    let without_downloads = render(
+        &home,
+        &[
+            "--set",
+            "controller.runtime=pods",
+            "--set",
+            "proxy.download.enabled=false",
+        ],
+    );
+    assert_eq!(
+        find(&without_downloads, "ClusterRole", PROXY)["rules"],
+        json!([{
+            "apiGroups": ["tenancy.hostplane.io"],
+            "resources": ["controlplanes"],
+            "verbs": ["list", "watch", "patch"],
+        }])
+    );
+    assert!(
+        !args_of(container(
+            find(&without_downloads, "Deployment", PROXY),
+            "proxy"
+        ))
+        .iter()
+        .any(|a| a.starts_with("--download")),
+    );
+
+    // Scaled, spread strictly, with a shared download certificate, without a budget.
+    let tuned = render(
+        &home,
+        &[
+            "--set",
+            "controller.runtime=pods",
+            "--set",
+            "proxy.replicas=3",
+            "--set",
+            "proxy.podAntiAffinity=hard",
+            "--set",
+            "proxy.podDisruptionBudget.enabled=false",
+            "--set",
+            "proxy.download.tlsSecret=proxy-download-tls",
+            "--set",
+            "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].key=edge",
+            "--set",
+            "affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0].operator=Exists",
+        ],
+    );
+    assert!(
+        !kinds_and_names(&tuned).contains(&("PodDisruptionBudget".to_owned(), PROXY.to_owned()))
+    );
+    let tuned_proxy = find(&tuned, "Deployment", PROXY);
+    assert_eq!(tuned_proxy["spec"]["replicas"], 3);
+    let pod = &tuned_proxy["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["affinity"]["podAntiAffinity"],
+        json!({"requiredDuringSchedulingIgnoredDuringExecution": [{
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": selector_labels("proxy")},
+        }]})
+    );
+    // The shared affinity stays, for both Deployments; the anti-affinity is the proxy's only.
+    let controller_pod = &find(&tuned, "Deployment", CONTROLLER_SA)["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["affinity"]["nodeAffinity"],
+        controller_pod["affinity"]["nodeAffinity"]
+    );
+    assert_eq!(controller_pod["affinity"].get("podAntiAffinity"), None);
+    assert_eq!(
+        pod["volumes"],
+        json!([
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "download-tls", "secret": {"secretName": "proxy-download-tls"}},
+        ])
+    );
+    let proxy_container = container(tuned_proxy, "proxy");
+    assert_eq!(
+        proxy_container["volumeMounts"][1],
+        json!({"name": "download-tls", "mountPath": "/etc/hostplane/download-tls", "readOnly": true})
+    );
+    let args = args_of(proxy_container);
+    assert!(
+        args.contains(&"--download-tls-cert=/etc/hostplane/download-tls/tls.crt".to_owned()),
+        "{args:?}"
+    );
+    // The controller pod does not mount the proxy's certificate any more.
+    assert_eq!(controller_pod["volumes"].as_array().map(Vec::len), Some(2));
+    let without_anti_affinity = render(
+        &home,
+        &[
+            "--set",
+            "controller.runtime=pods",
+            "--set",
+            "proxy.podAntiAffinity=",
+        ],
+    );
+    assert_eq!(
+        find(&without_anti_affinity, "Deployment", PROXY)["spec"]["template"]["spec"]
+            .get("affinity"),
+        None
+    );
+
+    // The ServiceMonitor scrapes both metrics Services.
+    let monitored = render(
+        &home,
+        &[
+            "--set",
+            "controller.runtime=pods",
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "serviceMonitor.force=true",
+        ],
+    );
+    let monitor = find(&monitored, "ServiceMonitor", CONTROLLER_SA);
+    let selector = &monitor["spec"]["selector"]["matchLabels"];
+    for service in ["hp-hostplane-metrics", PROXY_METRICS_SERVICE] {
+        let labels = &find(&monitored, "Service", service)["metadata"]["labels"];
+        for (k, v) in selector.as_object().unwrap() {
+            assert_eq!(&labels[k], v, "{service} label {k}");
+        }
+    }
+    let ports: Vec<&Value> = monitor["spec"]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["port"])
+        .collect();
+    assert_eq!(ports, [&json!("metrics"), &json!("proxy-metrics")]);
+
+    // No proxy, no proxy objects.
+    let without_proxy = render(
+        &home,
+        &[
+            "--set",
+            "controller.runtime=pods",
+            "--set",
+            "proxy.enabled=false",
+        ],
+    );
+    let names = kinds_and_names(&without_proxy);
+    assert!(
+        !names.iter().any(|(_, name)| name.starts_with(PROXY)),
+        "{names:?}"
+    );
 }
 
 /// `kubectl auth can-i` as a ServiceAccount of the release: whether it said "yes", and all it
@@ -725,6 +1192,16 @@ const INSTALLED: [&[&str]; 11] = [
     &["-n", NAMESPACE, "deployment", CONTROLLER_SA],
     &["-n", NAMESPACE, "service", PROXY_SERVICE],
     &["-n", NAMESPACE, "service", "hp-hostplane-metrics"],
+];
+
+/// What the pods runtime adds: the proxy's own Deployment and identity.
+const INSTALLED_WITH_PODS: [&[&str]; 6] = [
+    &["clusterrole", PROXY],
+    &["clusterrolebinding", PROXY],
+    &["-n", NAMESPACE, "serviceaccount", PROXY],
+    &["-n", NAMESPACE, "deployment", PROXY],
+    &["-n", NAMESPACE, "poddisruptionbudget", PROXY],
+    &["-n", NAMESPACE, "service", PROXY_METRICS_SERVICE],
 ];
 
 #[tokio::test]
@@ -889,7 +1366,7 @@ async fn chart_installs_least_privilege_rbac_into_a_real_apiserver_and_uninstall
         &[
             &["create", "tokenreviews.authentication.k8s.io"],
             &["create", "subjectaccessreviews.authorization.k8s.io"],
-            &["get", "secrets/k8s-certs", "-n", "acme-system"],
+            &["get", "secrets/kubeconfig-minter", "-n", "acme-system"],
         ],
     );
 
@@ -976,10 +1453,104 @@ async fn chart_installs_least_privilege_rbac_into_a_real_apiserver_and_uninstall
             "deployment",
             CONTROLLER_SA,
             "-o",
-            "jsonpath={.spec.template.spec.containers[0].args}",
+            "jsonpath={.spec.template.spec.containers[*].name} {.spec.template.spec.containers[0].args}",
         ])
         .expect_success("kubectl get deployment");
     assert!(deployment.contains("--runtime=pods"), "{deployment}");
+    assert!(deployment.starts_with("controller ["), "{deployment}");
+    // The controller runs no proxy any more, so it reviews no tokens.
+    assert_cannot(
+        &api,
+        CONTROLLER_SA,
+        &[
+            &["create", "tokenreviews.authentication.k8s.io"],
+            &["create", "subjectaccessreviews.authorization.k8s.io"],
+        ],
+    );
+
+    // The proxy runs as its own Deployment with its own ServiceAccount.
+    for object in INSTALLED_WITH_PODS {
+        assert!(
+            exists(&api, object),
+            "helm upgrade to the pods runtime did not create {object:?}"
+        );
+    }
+    let proxy = api
+        .run_kubectl(&["-n", NAMESPACE, "get", "deployment", PROXY, "-o", "json"])
+        .expect_success("kubectl get deployment");
+    let proxy: Value = serde_json::from_str(&proxy).unwrap();
+    assert_locked_down(&proxy);
+    assert_eq!(
+        proxy["spec"]["template"]["spec"]["serviceAccountName"],
+        PROXY
+    );
+    // What the proxy does, it may do: follow ControlPlanes, stamp their annotations, and for a
+    // download read the one asked for, review the caller, and read that tenant's minter Secret.
+    assert_can(
+        &api,
+        PROXY,
+        &[
+            &["list", "controlplanes.tenancy.hostplane.io"],
+            &["watch", "controlplanes.tenancy.hostplane.io"],
+            &["get", "controlplanes.tenancy.hostplane.io/acme"],
+            &["patch", "controlplanes.tenancy.hostplane.io/acme"],
+            &["create", "tokenreviews.authentication.k8s.io"],
+            &["create", "subjectaccessreviews.authorization.k8s.io"],
+            &["get", "secrets/kubeconfig-minter", "-n", "acme-system"],
+            &["get", "secrets/kubeconfig-minter", "-n", "globex-system"],
+        ],
+    );
+    // Nothing else: not the controller's work on ControlPlanes, no other Secret, nothing in its
+    // own or any other namespace.
+    assert_cannot(
+        &api,
+        PROXY,
+        &[
+            &["create", "controlplanes.tenancy.hostplane.io"],
+            &["delete", "controlplanes.tenancy.hostplane.io/acme"],
+            &["update", "controlplanes.tenancy.hostplane.io/acme"],
+            &[
+                "patch",
+                "controlplanes.tenancy.hostplane.io/acme",
+                "--subresource=status",
+            ],
+            &[
+                "update",
+                "controlplanes.tenancy.hostplane.io/acme",
+                "--subresource=finalizers",
+            ],
+            &["list", "postcreatehooks.tenancy.hostplane.io"],
+            // The tenant CA keys: a compromised proxy must not forge tenant identities.
+            &["get", "secrets/k8s-certs", "-n", "acme-system"],
+            &["get", "secrets/k8s-certs", "-n", "globex-system"],
+            &["get", "secrets/admin-kubeconfig", "-n", "acme-system"],
+            &["get", "secrets/component-kubeconfigs", "-n", "acme-system"],
+            &["get", "secrets/datastore", "-n", "acme-system"],
+            &["get", "secrets", "-n", "acme-system"],
+            &["list", "secrets", "-n", "acme-system"],
+            &["watch", "secrets", "-n", "acme-system"],
+            &["list", "secrets", "--all-namespaces"],
+            &["create", "secrets", "-n", "acme-system"],
+            &["patch", "secrets/kubeconfig-minter", "-n", "acme-system"],
+            &["delete", "secrets/kubeconfig-minter", "-n", "acme-system"],
+            &["get", "secrets/hostplane-postgres", "-n", NAMESPACE],
+            &["create", "serviceaccounts/token", "-n", "acme-system"],
+            &["create", "events.events.k8s.io", "-n", NAMESPACE],
+            &["create", "events", "-n", "default"],
+            &["create", "leases.coordination.k8s.io", "-n", NAMESPACE],
+            &["get", LEASE, "-n", NAMESPACE],
+            &["update", LEASE, "-n", NAMESPACE],
+            &["get", "configmaps", "-n", NAMESPACE],
+            &["list", "pods", "-n", NAMESPACE],
+            &["get", "services", "-n", "acme-system"],
+            &["get", "deployments.apps", "-n", "acme-system"],
+            &["create", "pods", "-n", "acme-system"],
+            &["create", "namespaces"],
+            &["list", "nodes"],
+            &["impersonate", "users"],
+            &["create", "clusterrolebindings.rbac.authorization.k8s.io"],
+        ],
+    );
 
     let out = helm_in_cluster(&["uninstall", RELEASE, "--timeout", "90s"]);
     assert!(out.success(), "helm uninstall failed:\n{}", out.combined());
@@ -989,8 +1560,19 @@ async fn chart_installs_least_privilege_rbac_into_a_real_apiserver_and_uninstall
             "helm uninstall left {object:?} behind"
         );
     }
+    for object in INSTALLED_WITH_PODS {
+        assert!(
+            !exists(&api, object),
+            "helm uninstall left {object:?} behind"
+        );
+    }
     // Helm never deletes CRDs from crds/ (that would delete every ControlPlane with them).
     assert!(exists(&api, INSTALLED[0]));
+    assert_cannot(
+        &api,
+        PROXY,
+        &[&["list", "controlplanes.tenancy.hostplane.io"]],
+    );
     assert_cannot(
         &api,
         CONTROLLER_SA,

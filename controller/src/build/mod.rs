@@ -3,6 +3,7 @@
 
 pub mod join;
 pub mod kubeconfig;
+pub mod minter;
 pub mod objects;
 pub mod pods;
 pub mod pods_etcd;

@@ -8,7 +8,8 @@
 //! so the two runtimes cannot drift apart.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use hostplane_crds::Placement;
 use k8s_openapi::ByteString;
@@ -17,13 +18,15 @@ use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, S
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::build::objects::{self, CERTS_SECRET, CONTROLPLANE_LABEL, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::build::pods_etcd;
 use crate::build::processes::{
-    BundleInput, ControlPlaneBundle, Store, TenantPorts, control_plane_bundle, pki_file_path,
+    BundleInput, ControlPlaneBundle, RELOAD_MARGIN, Reload, Store, TenantPorts,
+    control_plane_bundle, pki_file_path,
 };
-use crate::pki::PkiFiles;
+use crate::pki::{PkiFiles, rotation};
 use crate::validate::TenantPlan;
 
 /// Port the tenant API server listens on inside its pod.
@@ -61,6 +64,27 @@ pub(crate) const SECRET_FILE_MODE: i32 = 0o440;
 /// PKI entries that are the controller's own identity (system:masters) in the tenant: they stay
 /// out of the pods.
 const CONTROLLER_ONLY_PKI: [&str; 2] = ["admin.crt", "admin.key"];
+/// PKI entries of a CA rotation that no container reads: the incoming CA's key (it signs
+/// nothing until it is `ca.key`), the CAs that the trust bundle `ca-bundle.crt` carries, and the
+/// rotation's state.
+const ROTATION_ONLY_PKI: [&str; 4] = [
+    rotation::NEXT_CRT,
+    rotation::NEXT_KEY,
+    rotation::PREVIOUS_CRT,
+    rotation::STATE,
+];
+
+/// Pod-template annotation: a digest of the mounted files that the containers read only when
+/// they start (CAs, the trust bundle of a CA rotation, the service-account key, kubeconfigs with
+/// their embedded CAs), and of the leaf pairs whose renewal would not reach the container
+/// presenting them before the certificate it holds expires (`renewal_reaches_process`). When it
+/// changes the Deployment rolls; leaves renewed in time change only the Secret, which the
+/// kubelet brings into the running pods' volume.
+pub const RESTART_DIGEST_ANNOTATION: &str = "tenancy.hostplane.io/restart-digest";
+
+/// How long a changed Secret takes to appear in a running pod's volume: the kubelet's sync
+/// period (`--sync-frequency`, 1 minute) plus its Secret cache's time to live (1 minute).
+pub const SECRET_VOLUME_REFRESH: Duration = Duration::from_secs(120);
 
 pub const DEFAULT_KUBE_APISERVER_IMAGE: &str = "registry.k8s.io/kube-apiserver";
 pub const DEFAULT_KUBE_CONTROLLER_MANAGER_IMAGE: &str = "registry.k8s.io/kube-controller-manager";
@@ -586,11 +610,15 @@ fn deployment(
         })
         .collect();
     // Every PKI file at the path the processes runtime's flags name (kubeadm's layout).
-    let pki_items: Vec<Value> = tenant
+    let pki_keys: Vec<&String> = tenant
         .pki
         .keys()
         .filter(|k| !CONTROLLER_ONLY_PKI.contains(&k.as_str()))
         .filter(|k| !pods_etcd::ETCD_ONLY_PKI.contains(&k.as_str()))
+        .filter(|k| !ROTATION_ONLY_PKI.contains(&k.as_str()))
+        .collect();
+    let pki_items: Vec<Value> = pki_keys
+        .iter()
         .map(|k| json!({"key": k, "path": pki_file_path(k)}))
         .collect();
     let conf_items: Vec<Value> = bundle
@@ -633,11 +661,78 @@ fn deployment(
             // A new pod serves before the old one stops: a spec change is no outage.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
-                "metadata": {"labels": pod_labels},
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        RESTART_DIGEST_ANNOTATION: restart_digest(tenant.pki, &pki_keys, bundle),
+                    },
+                },
                 "spec": pod_spec,
             },
         },
     }))
+}
+
+/// Whether a leaf renewed with a third of its life left (`pki::needs_renewal`) reaches the
+/// container presenting it before the one it holds expires: through the Secret volume, then the
+/// process's own reload (`Reload`), with `RELOAD_MARGIN` to spare. Decided on the certificate's
+/// lifetime, so that the digest does not depend on when it is computed. An unreadable
+/// certificate does not (the container restarts with it).
+fn renewal_reaches_process(cert_pem: &str, reload: Reload) -> bool {
+    let Ok((start, end)) = crate::pki::validity(cert_pem) else {
+        return false;
+    };
+    let poll = match reload {
+        Reload::AtOnce => Duration::ZERO,
+        Reload::Polled(period) => period,
+    };
+    let needed = SECRET_VOLUME_REFRESH + poll + RELOAD_MARGIN;
+    (end - start) / 3 > i128::from(needed.as_secs())
+}
+
+/// The value of `RESTART_DIGEST_ANNOTATION`: the mounted PKI entries `pki_keys` and the
+/// component kubeconfigs, by path, with the content of all but the leaf pairs renewed in place
+/// (like `ControlPlaneBundle::fingerprint` for the processes runtime; flags and images are in
+/// the pod template already).
+fn restart_digest(pki: &PkiFiles, pki_keys: &[&String], bundle: &ControlPlaneBundle) -> String {
+    let files: BTreeMap<PathBuf, &[u8]> = pki_keys
+        .iter()
+        .map(|k| (pki_file_path(k), pki[*k].as_bytes()))
+        .chain(
+            bundle
+                .files
+                .iter()
+                .filter(|(path, _)| path.extension().is_some_and(|e| e == "conf"))
+                .map(|(path, data)| (path.clone(), data.as_slice())),
+        )
+        .collect();
+    let in_pod =
+        |process: &str| bundle.processes.iter().any(|p| p.name == process) && process != "etcd";
+    let renewed_in_place = |path: &Path| {
+        bundle
+            .reloaded
+            .iter()
+            .filter(|pair| pair.files().iter().any(|f| f == path))
+            .any(|pair| match pair.presented_by {
+                // Presented by no container of this pod: its renewal concerns none.
+                None => true,
+                Some((process, _)) if !in_pod(process) => true,
+                Some((_, reload)) => files
+                    .get(&pair.files()[0])
+                    .and_then(|pem| std::str::from_utf8(pem).ok())
+                    .is_some_and(|pem| renewal_reaches_process(pem, reload)),
+            })
+    };
+    let mut h = Sha256::new();
+    for (path, data) in &files {
+        h.update(path.to_string_lossy().as_bytes());
+        h.update([0]);
+        if !renewed_in_place(path) {
+            h.update(data);
+        }
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
 }
 
 fn service(plan: &TenantPlan) -> Service {
@@ -1008,11 +1103,17 @@ pub(crate) mod tests {
                 "selector": {"matchLabels": {"app.kubernetes.io/component": "control-plane", "tenancy.hostplane.io/controlplane": "acme"}},
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
                 "template": {
-                    "metadata": {"labels": {
-                        "app.kubernetes.io/component": "control-plane",
-                        "app.kubernetes.io/managed-by": "hostplane",
-                        "tenancy.hostplane.io/controlplane": "acme"
-                    }},
+                    "metadata": {
+                        "labels": {
+                            "app.kubernetes.io/component": "control-plane",
+                            "app.kubernetes.io/managed-by": "hostplane",
+                            "tenancy.hostplane.io/controlplane": "acme"
+                        },
+                        // Over the mounted files (`rollouts` tests what changes it).
+                        "annotations": {
+                            "tenancy.hostplane.io/restart-digest": "17daad3a92a572c1d01f26c45326228690e667a3d8b9a443dc8c41068502f1d7"
+                        }
+                    },
                     "spec": {
                         "automountServiceAccountToken": false,
                         "enableServiceLinks": false,
@@ -1189,6 +1290,252 @@ pub(crate) mod tests {
                 "type": "Opaque", "data": {"url": "cG9zdGdyZXM6Ly91OnBAZGIveA=="}
             })
         );
+    }
+
+    mod rollouts {
+        use std::time::SystemTime;
+
+        use super::*;
+        use crate::pki::rotation::{Inputs, Stage, ensure_pki_rotating};
+        use crate::pki::{PkiRequest, ensure_pki};
+
+        const NOW: u64 = 1_800_000_000;
+        const OVERLAP: Duration = Duration::from_secs(600);
+
+        fn at(secs: u64) -> SystemTime {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+        }
+
+        fn request(leaf_seconds: u64) -> PkiRequest {
+            PkiRequest {
+                cluster_name: "acme".into(),
+                apiserver_sans: vec!["acme.acme-system.svc".into()],
+                ca_validity: Duration::from_secs(3650 * 24 * 3600),
+                leaf_validity: Duration::from_secs(leaf_seconds),
+            }
+        }
+
+        /// The Deployment of a tenant with these files, as JSON.
+        fn deployment_of(pki: &PkiFiles) -> Value {
+            let objects = pods_objects(
+                &plan(),
+                &PodsConfig::default(),
+                &PodsTenant {
+                    pki,
+                    datastore_secret: "datastore",
+                    datastore_key: "url",
+                    dedicated_etcd: false,
+                    workers: false,
+                    placement: None,
+                },
+            );
+            to_json(&objects.deployment)
+        }
+
+        fn digest(deployment: &Value) -> String {
+            let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+            assert_eq!(annotations.as_object().unwrap().len(), 1, "{annotations}");
+            annotations[RESTART_DIGEST_ANNOTATION]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+
+        fn args(deployment: &Value, container: &str) -> Vec<String> {
+            deployment["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == container)
+                .unwrap()["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_string())
+                .filter(|a| a.contains("ca.crt") || a.contains("ca-bundle"))
+                .collect()
+        }
+
+        /// The `config` volume for these PKI entries (besides the kubeconfig).
+        fn config_volume(keys: &[&str]) -> Value {
+            let items: Vec<Value> = keys
+                .iter()
+                .map(|k| json!({"key": k, "path": format!("pki/{k}")}))
+                .collect();
+            json!({"name": "config", "projected": {"defaultMode": 288, "sources": [
+                {"secret": {"name": "k8s-certs", "items": items}},
+                {"secret": {"name": "component-kubeconfigs", "items": [
+                    {"key": "controller-manager.conf", "path": "controller-manager.conf"}
+                ]}}
+            ]}})
+        }
+
+        /// What every stage mounts besides the trust bundle, in the Secret's order.
+        const MOUNTED: [&str; 16] = [
+            "apiserver-kubelet-client.crt",
+            "apiserver-kubelet-client.key",
+            "apiserver.crt",
+            "apiserver.key",
+            "ca.crt",
+            "ca.key",
+            "controller-manager.crt",
+            "controller-manager.key",
+            "front-proxy-ca.crt",
+            "front-proxy-ca.key",
+            "front-proxy-client.crt",
+            "front-proxy-client.key",
+            "sa.key",
+            "sa.pub",
+            "scheduler.crt",
+            "scheduler.key",
+        ];
+
+        fn with_bundle() -> Vec<&'static str> {
+            let mut keys = MOUNTED.to_vec();
+            keys.insert(4, "ca-bundle.crt");
+            keys
+        }
+
+        #[test]
+        fn a_ca_rotation_mounts_the_trust_bundle_and_rolls_the_pods_once_per_stage() {
+            let req = request(365 * 24 * 3600);
+            let start = ensure_pki(&PkiFiles::new(), &req, at(NOW)).unwrap();
+            let step = |files: &PkiFiles, secs: u64| {
+                let input = Inputs {
+                    annotation: Some("v1"),
+                    recorded: None,
+                    overlap: OVERLAP,
+                };
+                ensure_pki_rotating(files, &req, &input, at(secs)).unwrap()
+            };
+            let one = step(&start, NOW);
+            let two = step(&one.files, NOW + 600);
+            let three = step(&two.files, NOW + 1200);
+            let stages: Vec<Option<Stage>> = [&one, &two, &three]
+                .iter()
+                .map(|o| o.record.as_ref().map(|r| r.stage))
+                .collect();
+            assert_eq!(
+                stages,
+                [
+                    Some(Stage::TrustingBoth),
+                    Some(Stage::Switched),
+                    Some(Stage::Completed)
+                ]
+            );
+
+            let before = deployment_of(&start);
+            let trusting = deployment_of(&one.files);
+            let switched = deployment_of(&two.files);
+            let completed = deployment_of(&three.files);
+            let volume = |d: &Value| d["spec"]["template"]["spec"]["volumes"][0].clone();
+
+            // Before and after: ca.crt is what clients are checked against.
+            let plain_apiserver = [
+                "--client-ca-file=/etc/kubernetes/pki/ca.crt",
+                "--requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt",
+            ];
+            let plain_kcm = [
+                "--cluster-signing-cert-file=/etc/kubernetes/pki/ca.crt",
+                "--root-ca-file=/etc/kubernetes/pki/ca.crt",
+            ];
+            for d in [&before, &completed] {
+                assert_eq!(volume(d), config_volume(&MOUNTED));
+                assert_eq!(args(d, "kube-apiserver"), plain_apiserver);
+                assert_eq!(args(d, "kube-controller-manager"), plain_kcm);
+            }
+            // During the rotation: the bundle, never the incoming CA's key nor the state.
+            let bundle_apiserver = [
+                "--client-ca-file=/etc/kubernetes/pki/ca-bundle.crt",
+                "--requestheader-client-ca-file=/etc/kubernetes/pki/front-proxy-ca.crt",
+            ];
+            let bundle_kcm = [
+                "--cluster-signing-cert-file=/etc/kubernetes/pki/ca.crt",
+                "--root-ca-file=/etc/kubernetes/pki/ca-bundle.crt",
+            ];
+            for d in [&trusting, &switched] {
+                assert_eq!(volume(d), config_volume(&with_bundle()));
+                assert_eq!(args(d, "kube-apiserver"), bundle_apiserver);
+                assert_eq!(args(d, "kube-controller-manager"), bundle_kcm);
+            }
+            let (old_ca, new_ca) = (&start["ca.crt"], &three.files["ca.crt"]);
+            assert_eq!(one.files["ca-bundle.crt"], format!("{old_ca}{new_ca}"));
+            assert_eq!(two.files["ca-bundle.crt"], format!("{new_ca}{old_ca}"));
+
+            // Every stage rolls the pods: four different digests, each stable across passes.
+            let digests: Vec<String> = [&before, &trusting, &switched, &completed]
+                .into_iter()
+                .map(digest)
+                .collect();
+            let distinct: std::collections::BTreeSet<&String> = digests.iter().collect();
+            assert_eq!(distinct.len(), 4, "{digests:?}");
+            assert_eq!(digest(&deployment_of(&two.files)), digests[2]);
+            // Waiting inside a stage changes nothing.
+            assert_eq!(step(&one.files, NOW + 599).files, one.files);
+        }
+
+        #[test]
+        fn leaves_renewed_in_time_change_the_secret_only() {
+            // One-year leaves, all renewed at once: the pods keep running.
+            let req = request(365 * 24 * 3600);
+            let start = ensure_pki(&PkiFiles::new(), &req, at(NOW)).unwrap();
+            let renewed = ensure_pki(&start, &req, at(NOW + 250 * 24 * 3600)).unwrap();
+            for leaf in [
+                "apiserver.crt",
+                "controller-manager.crt",
+                "front-proxy-client.crt",
+            ] {
+                assert_ne!(start[leaf], renewed[leaf], "{leaf}");
+            }
+            let (before, after) = (deployment_of(&start), deployment_of(&renewed));
+            assert_eq!(before, after);
+        }
+
+        #[test]
+        fn short_leaves_roll_the_pods_when_a_container_would_miss_the_renewal() {
+            // Ten-minute leaves (twelve with the backdating) are renewed with 240 s left:
+            // kube-apiserver picks its serving pair up in time (volume 120 s + 30 s),
+            // kube-controller-manager its client pair not (volume 120 s + client-go's 300 s + 30 s).
+            let req = request(600);
+            let start = ensure_pki(&PkiFiles::new(), &req, at(NOW)).unwrap();
+            let renewed = ensure_pki(&start, &req, at(NOW + 401)).unwrap();
+            let with = |keys: &[&str]| {
+                let mut files = start.clone();
+                for k in keys {
+                    files.insert(k.to_string(), renewed[*k].clone());
+                }
+                digest(&deployment_of(&files))
+            };
+            let unchanged = with(&[]);
+            assert_eq!(
+                with(&["apiserver.crt", "apiserver.key", "front-proxy-client.crt"]),
+                unchanged
+            );
+            // No node: nothing presents the kubelet client certificate.
+            assert_eq!(with(&["apiserver-kubelet-client.crt"]), unchanged);
+            assert_ne!(with(&["controller-manager.crt"]), unchanged);
+            assert_ne!(with(&["controller-manager.key"]), unchanged);
+            // A new CA always does.
+            let mut other_ca = start.clone();
+            other_ca.insert("front-proxy-ca.crt".into(), renewed["ca.crt"].clone());
+            assert_ne!(digest(&deployment_of(&other_ca)), unchanged);
+        }
+
+        #[test]
+        fn a_renewal_reaches_a_process_when_a_third_of_the_life_covers_the_way() {
+            let req = |seconds| request(seconds);
+            let leaf = |seconds: u64| {
+                ensure_pki(&PkiFiles::new(), &req(seconds), at(NOW)).unwrap()["apiserver.crt"]
+                    .clone()
+            };
+            let polled = Reload::Polled(crate::build::processes::CLIENT_GO_CERT_POLL);
+            // Lifetimes are backdated by a fifth (at most 300 s): 375 s gives a 450 s validity.
+            assert!(!renewal_reaches_process(&leaf(375), Reload::AtOnce));
+            assert!(renewal_reaches_process(&leaf(380), Reload::AtOnce));
+            assert!(!renewal_reaches_process(&leaf(1125), polled));
+            assert!(renewal_reaches_process(&leaf(1130), polled));
+            assert!(!renewal_reaches_process("not a PEM", Reload::AtOnce));
+        }
     }
 
     fn deployment_with(generation: i64, status: Value) -> Deployment {

@@ -586,6 +586,15 @@ mod tests {
             1,
             json!({"key": "apiserver-etcd-client.key", "path": "pki/apiserver-etcd-client.key"}),
         );
+        // The etcd client pair is mounted, and digested with the rest.
+        let digest = |d: &Value| {
+            d["spec"]["template"]["metadata"]["annotations"]
+                [crate::build::pods::RESTART_DIGEST_ANNOTATION]
+                .clone()
+        };
+        assert_ne!(digest(&deployment), digest(&expected));
+        expected["spec"]["template"]["metadata"]["annotations"]
+            [crate::build::pods::RESTART_DIGEST_ANNOTATION] = digest(&deployment);
         assert_eq!(deployment, expected);
     }
 

@@ -1,5 +1,6 @@
 //! Credentials inside a tenant: the controller's own client (a private client certificate),
-//! and the ServiceAccount whose expiring tokens people get in their kubeconfigs; and the
+//! the ServiceAccount whose expiring tokens people get in their kubeconfigs, and the minter
+//! account that may only request those tokens (for the download endpoint); and the
 //! retirement (cordon, drain, delete) of worker Nodes a scale-down removes.
 
 use std::collections::BTreeMap;
@@ -7,13 +8,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::KubeConfigOptions;
 
 use crate::build::kubeconfig::{self, Credential};
+use crate::build::minter::{self, MINTER_SERVICE_ACCOUNT};
 use crate::pki::PkiFiles;
 
 /// The tenant ServiceAccount behind handed-out kubeconfigs.
@@ -31,6 +33,10 @@ pub enum TenantAccessError {
     NotReady(String),
     #[error("creating the tenant admin ServiceAccount: {0}")]
     Account(kube::Error),
+    #[error(
+        "the tenant's kubeconfig minter account ({ADMIN_NAMESPACE}/{MINTER_SERVICE_ACCOUNT}): {0}"
+    )]
+    Minter(kube::Error),
     #[error("requesting a token for {ADMIN_NAMESPACE}/{ADMIN_SERVICE_ACCOUNT}: {0}")]
     TokenRequest(kube::Error),
     #[error("{step} retiring worker Node {name}: {source}")]
@@ -81,6 +87,30 @@ async fn client_as_controller(
             key_pem: get("admin.key")?,
         },
     );
+    client_from(config, retry).await
+}
+
+/// A client for the tenant API server at `endpoint` with a bearer `token`, trusting `ca_pem`:
+/// how the download endpoint acts with the minter token, holding no tenant key.
+pub async fn token_client(
+    endpoint: &str,
+    ca_pem: &str,
+    token: &str,
+) -> Result<kube::Client, TenantAccessError> {
+    let config = kubeconfig::kubeconfig(
+        "tenant",
+        endpoint,
+        ca_pem,
+        MINTER_SERVICE_ACCOUNT,
+        &Credential::Token(token),
+    );
+    client_from(config, true).await
+}
+
+async fn client_from(
+    config: kube::config::Kubeconfig,
+    retry: bool,
+) -> Result<kube::Client, TenantAccessError> {
     let mut config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
         .await
         .map_err(|e| TenantAccessError::Client(e.to_string()))?;
@@ -160,6 +190,28 @@ pub async fn ensure_admin_account(client: &kube::Client) -> Result<(), TenantAcc
         .patch(ADMIN_SERVICE_ACCOUNT, &pp, &Patch::Apply(&binding))
         .await
         .map_err(TenantAccessError::Account)?;
+    Ok(())
+}
+
+/// Ensures the minter ServiceAccount and its Role and RoleBinding in the tenant, which allow
+/// only TokenRequest for [`ADMIN_SERVICE_ACCOUNT`] (server-side apply: drift is repaired).
+pub async fn ensure_minter_account(client: &kube::Client) -> Result<(), TenantAccessError> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let account = minter::minter_service_account(ADMIN_NAMESPACE);
+    Api::<ServiceAccount>::namespaced(client.clone(), ADMIN_NAMESPACE)
+        .patch(MINTER_SERVICE_ACCOUNT, &pp, &Patch::Apply(&account))
+        .await
+        .map_err(TenantAccessError::Minter)?;
+    let role = minter::minter_role(ADMIN_NAMESPACE, ADMIN_SERVICE_ACCOUNT);
+    Api::<Role>::namespaced(client.clone(), ADMIN_NAMESPACE)
+        .patch(MINTER_SERVICE_ACCOUNT, &pp, &Patch::Apply(&role))
+        .await
+        .map_err(TenantAccessError::Minter)?;
+    let binding = minter::minter_role_binding(ADMIN_NAMESPACE);
+    Api::<RoleBinding>::namespaced(client.clone(), ADMIN_NAMESPACE)
+        .patch(MINTER_SERVICE_ACCOUNT, &pp, &Patch::Apply(&binding))
+        .await
+        .map_err(TenantAccessError::Minter)?;
     Ok(())
 }
 
@@ -353,6 +405,22 @@ pub async fn mint_token(
     request_token(client, ADMIN_NAMESPACE, ADMIN_SERVICE_ACCOUNT, ttl_seconds)
         .await?
         .ok_or_else(|| TenantAccessError::Client("TokenRequest returned no token or expiry".into()))
+}
+
+/// TokenRequest on the minter ServiceAccount, for [`minter::MINTER_TOKEN_TTL_SECONDS`].
+pub async fn mint_minter_token(client: &kube::Client) -> Result<MintedToken, TenantAccessError> {
+    request_token(
+        client,
+        ADMIN_NAMESPACE,
+        MINTER_SERVICE_ACCOUNT,
+        minter::MINTER_TOKEN_TTL_SECONDS,
+    )
+    .await
+    .map_err(|e| match e {
+        TenantAccessError::TokenRequest(e) => TenantAccessError::Minter(e),
+        other => other,
+    })?
+    .ok_or_else(|| TenantAccessError::Client("TokenRequest returned no token or expiry".into()))
 }
 
 /// TokenRequest on any ServiceAccount; `Ok(None)` when the answer lacks the token or its expiry.

@@ -1,5 +1,11 @@
 //! The reconcile side of a cluster CA rotation (`pki::rotation` holds the stages): the
-//! annotation and status in, status and one Event per stage out.
+//! annotation and status in, status and one Event per stage out. Both runtimes rotate: the
+//! processes runtime restarts the tenant's processes when the files they read only at start
+//! change (`ControlPlaneBundle::fingerprint`), the pods runtime rolls the Deployment when they
+//! do (`build::pods::RESTART_DIGEST_ANNOTATION`), once per stage either way.
+//!
+//! Also the warning before a tenant CA expires (`pki::expiry`), which no stage here prevents
+//! for the front-proxy and etcd CAs.
 
 use std::time::{Duration, SystemTime};
 
@@ -9,11 +15,11 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use serde_json::json;
 
-use super::{Context, ReconcileError, apply_status, publish};
-use crate::config::TenantRuntime;
+use super::{Context, ReconcileError, apply_status, get_secret, publish};
+use crate::build::objects::{CERTS_SECRET, secret_strings};
 use crate::pki::rotation::{self, Inputs, Outcome, Record, Stage};
-use crate::pki::{PkiFiles, PkiRequest};
-use crate::validate::TenantPlan;
+use crate::pki::{PkiFiles, PkiRequest, expiry};
+use crate::validate::{TenantPlan, system_namespace};
 
 const MANAGER: &str = "hostplane-controller-ca-rotation";
 
@@ -34,8 +40,7 @@ fn recorded(cp: &ControlPlane) -> Option<Record> {
     })
 }
 
-/// The tenant PKI with the rotation moved on. Only the processes runtime rotates: the pods
-/// runtime does not lay out the trust bundle.
+/// The tenant PKI with the rotation moved on.
 pub(super) fn ensure_pki(
     cp: &ControlPlane,
     plan: &TenantPlan,
@@ -43,10 +48,7 @@ pub(super) fn ensure_pki(
     existing: &PkiFiles,
     request: &PkiRequest,
 ) -> Result<Outcome, ReconcileError> {
-    let annotation = match ctx.config.runtime {
-        TenantRuntime::Processes => cp.annotations().get(rotation::ANNOTATION),
-        TenantRuntime::Pods => None,
-    };
+    let annotation = cp.annotations().get(rotation::ANNOTATION);
     let recorded = recorded(cp);
     let input = Inputs {
         annotation: annotation.map(String::as_str),
@@ -104,4 +106,27 @@ pub(super) async fn record(
     )
     .await;
     Ok(())
+}
+
+/// Event reason when a tenant CA has less than `expiry::DEFAULT_WARN_FRACTION` of its life left.
+pub(super) const CA_EXPIRING_SOON: &str = "CAExpiringSoon";
+
+/// What to tell about the tenant's CAs nearing their end, from its stored certificates (read
+/// again here: a pass that finds the tenant Ready has them stored already); `None` when every
+/// CA has more than a tenth of its life left, or when the Secret cannot be read (the pass that
+/// stored it reported that).
+pub(super) async fn expiry_warning(ctx: &Context, cp: &ControlPlane) -> Option<String> {
+    let namespace = system_namespace(&cp.name_any());
+    let files = match get_secret(ctx, &namespace, CERTS_SECRET).await {
+        Ok(secret) => secret.as_ref().map(secret_strings)?,
+        Err(e) => {
+            tracing::warn!(controlplane = %cp.name_any(), error = %e, "cannot check CA expiry");
+            return None;
+        }
+    };
+    expiry::warning(&expiry::expiring_cas(
+        &files,
+        expiry::DEFAULT_WARN_FRACTION,
+        SystemTime::now(),
+    ))
 }

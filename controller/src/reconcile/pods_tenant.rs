@@ -15,8 +15,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::runtime::events::EventType;
 
 use super::{
-    Context, DATASTORE_SECRET, Progress, ReadyReport, ReconcileError, apply_secret, publish,
-    serve_tenant,
+    Context, DATASTORE_SECRET, Progress, ReadyReport, ReconcileError, apply_secret, ca_rotation,
+    publish, serve_tenant,
 };
 use crate::build::pods::{self, PodsTenant, Readiness};
 use crate::build::processes::Store;
@@ -132,19 +132,39 @@ pub(super) async fn provision(
     }))
 }
 
-/// Synced for a pass that found the tenant ready: False with the reason the controller could
-/// not finish its work inside the tenant, with a Warning Event when that reason is new.
+/// Synced for a pass that found the tenant ready (either runtime): False with the reason the
+/// controller could not finish its work inside the tenant, with a Warning Event when that reason
+/// is new. A tenant CA near its end is told in the message too (Synced stays True for it alone),
+/// with a Warning Event `CAExpiringSoon` when the condition did not say so already: once per
+/// change of the CAs or their dates.
 pub(super) async fn synced_when_ready(
     ctx: &Context,
     cp: &ControlPlane,
     report: &ReadyReport,
 ) -> ConditionState {
+    let previous = cp.condition(SYNCED);
+    let expiring = ca_rotation::expiry_warning(ctx, cp).await;
+    if let Some(warning) = &expiring
+        && !previous.is_some_and(|c| c.message.contains(warning.as_str()))
+    {
+        publish(
+            ctx,
+            cp,
+            EventType::Warning,
+            ca_rotation::CA_EXPIRING_SOON,
+            warning.clone(),
+        )
+        .await;
+    }
     let Some(message) = &report.unreachable else {
-        return ConditionState::new(true, reason::RECONCILE_SUCCESS, "");
+        return ConditionState::new(
+            true,
+            reason::RECONCILE_SUCCESS,
+            expiring.unwrap_or_default(),
+        );
     };
-    let known = cp
-        .condition(SYNCED)
-        .is_some_and(|c| c.status == "False" && &c.message == message);
+    let known =
+        previous.is_some_and(|c| c.status == "False" && c.message.starts_with(message.as_str()));
     if !known {
         publish(
             ctx,
@@ -155,5 +175,9 @@ pub(super) async fn synced_when_ready(
         )
         .await;
     }
-    ConditionState::new(false, reason::RECONCILE_ERROR, message.clone())
+    let message = match expiring {
+        Some(warning) => format!("{message}; {warning}"),
+        None => message.clone(),
+    };
+    ConditionState::new(false, reason::RECONCILE_ERROR, message)
 }
