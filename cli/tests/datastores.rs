@@ -15,32 +15,9 @@ use hostplane_tests::{Binaries, Etcd, Postgres};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(240);
-
 type Bed = ControllerBed;
 
 impl Bed {
-    fn host_kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        let out = match stdin {
-            Some(input) => self.host.run_kubectl_with_stdin(args, input),
-            None => self.host.run_kubectl(args),
-        };
-        (out.success(), out.combined())
-    }
-
-    fn apply_cp(&self, name: &str, extra_spec: &str) {
-        let yaml = format!(
-            "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: {name}\nspec:\n  type: k8s\n{extra_spec}"
-        );
-        let (ok, out) = self.host_kubectl(&["apply", "-f", "-"], Some(&yaml));
-        assert!(ok, "kubectl apply failed: {out}");
-    }
-
-    async fn create(&self, name: &str, extra_spec: &str) -> ControlPlane {
-        self.apply_cp(name, extra_spec);
-        wait_ready_state(&self.cps(), name, "True", Some("Available"), READY_TIMEOUT).await
-    }
-
     fn create_secret(&self, name: &str, literals: &[(&str, &str)]) {
         let mut args = vec![
             "-n".to_string(),
@@ -56,20 +33,8 @@ impl Bed {
                 .map(|(k, v)| format!("--from-literal={k}={v}")),
         );
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, out) = self.host_kubectl(&args, None);
+        let (ok, out) = self.kubectl(&args, None);
         assert!(ok, "{out}");
-    }
-
-    /// Runs kubectl against the tenant with its handed-out kubeconfig.
-    async fn tenant_kubectl(&self, name: &str, args: &[&str]) -> (bool, String) {
-        let secret = Api::<Secret>::namespaced(self.host.client(), &format!("{name}-system"))
-            .get("admin-kubeconfig")
-            .await
-            .unwrap();
-        let text = String::from_utf8(secret.data.unwrap()["kubeconfig"].0.clone()).unwrap();
-        let path = self.controller.state_dir.join(format!("{name}.kubeconfig"));
-        std::fs::write(&path, text).unwrap();
-        kubectl_with(&Binaries::get().kubectl, &path, args)
     }
 
     /// The tenant PKI Secret `<name>-system/k8s-certs`.
@@ -98,17 +63,8 @@ impl Bed {
             .collect()
     }
 
-    fn tenant_dir(&self, cp: &ControlPlane) -> PathBuf {
-        let uid = cp.metadata.uid.clone().unwrap();
-        self.controller.state_dir.join("tenants").join(format!(
-            "{}-{}",
-            cp.metadata.name.clone().unwrap(),
-            uid.split('-').next().unwrap()
-        ))
-    }
-
     async fn delete(&self, name: &str) {
-        let (ok, out) = self.host_kubectl(&["delete", "cp", name, "--timeout=120s"], None);
+        let (ok, out) = self.kubectl(&["delete", "cp", name, "--timeout=120s"], None);
         assert!(ok, "deleting {name}: {out}");
     }
 }
@@ -139,13 +95,6 @@ fn etcdctl(
         None,
     );
     (out.success(), out.combined())
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(") ")
-            .is_some_and(|(_, r)| !r.starts_with('Z'))
-    })
 }
 
 fn uid_hex(cp: &ControlPlane) -> String {
@@ -490,17 +439,10 @@ async fn an_external_postgres_with_a_wrong_password_names_the_secret_and_is_kept
     );
 
     // Fixed by the user: the tenant comes up on their database.
-    let (ok, out) = bed.host_kubectl(&["-n", "default", "delete", "secret", "their-db"], None);
+    let (ok, out) = bed.kubectl(&["-n", "default", "delete", "secret", "their-db"], None);
     assert!(ok, "{out}");
     bed.create_secret("their-db", &[("dsn", &dsn("right-pass"))]);
-    wait_ready_state(
-        &bed.cps(),
-        "byo-pg",
-        "True",
-        Some("Available"),
-        READY_TIMEOUT,
-    )
-    .await;
+    bed.available("byo-pg").await;
     let (ok, out) = bed
         .tenant_kubectl(
             "byo-pg",

@@ -4,36 +4,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use hostplane_crds::ControlPlane;
 use hostplane_tests::{Binaries, CommandOutput, KubeApiserver, free_port, http_get, run_command};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(240);
 const DOMAIN: &str = "tenants.test";
 /// The ControlPlane's tokenExpirationSeconds: the cap on any downloaded token.
 const TOKEN_LIMIT: i64 = 1800;
-
-/// `hostplane proxy` with its download and metrics endpoints, killed on drop.
-struct ProxyProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- hostplane proxy log ----");
-            eprintln!("{}", std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
-    }
-}
 
 /// An answer of the download endpoint.
 #[derive(Debug)]
@@ -151,12 +134,76 @@ async fn wait_until<F: AsyncFnMut() -> Result<(), String>>(
     }
 }
 
+/// What the download endpoint reads, `dl-system/kubeconfig-minter`, holds no key material, and
+/// its token may mint tokens for the handed-out account and do nothing else in the tenant.
+async fn minter_secret_is_least_privilege(
+    host: &KubeApiserver,
+    cps: &Api<ControlPlane>,
+    dir: &Path,
+) {
+    let secret = Api::<Secret>::namespaced(host.client(), "dl-system")
+        .get("kubeconfig-minter")
+        .await
+        .expect("the controller writes dl-system/kubeconfig-minter");
+    let data = secret.data.unwrap_or_default();
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["ca.crt", "token"]);
+    for (key, value) in &data {
+        let text = String::from_utf8_lossy(&value.0);
+        assert!(
+            !key.ends_with(".key") && !text.contains("PRIVATE KEY"),
+            "key material in kubeconfig-minter: {key}"
+        );
+    }
+    let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+    let endpoint = cps
+        .get("dl")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .endpoint
+        .unwrap();
+    let minter = dir.join("minter.kubeconfig");
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: dl\n  cluster:\n    server: {endpoint}\n    certificate-authority-data: {}\nusers:\n- name: minter\n  user:\n    token: {}\ncontexts:\n- name: dl\n  context:\n    cluster: dl\n    user: minter\ncurrent-context: dl\n",
+        {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(text("ca.crt"))
+        },
+        text("token"),
+    );
+    std::fs::write(&minter, yaml).unwrap();
+    let kubectl_bin = &Binaries::get().kubectl;
+    let (ok, out) = kubectl_with(
+        kubectl_bin,
+        &minter,
+        &["create", "token", "hostplane-admin", "-n", "kube-system"],
+    );
+    assert!(ok, "the minter may not mint the handed-out token: {out}");
+    for refused in [
+        &["get", "secrets", "-n", "kube-system"][..],
+        &["create", "token", "default", "-n", "kube-system"],
+        &[
+            "create",
+            "token",
+            "hostplane-kubeconfig-minter",
+            "-n",
+            "kube-system",
+        ],
+        &["get", "serviceaccounts", "-n", "kube-system"],
+    ] {
+        let (ok, out) = kubectl_with(kubectl_bin, &minter, refused);
+        assert!(
+            !ok && out.to_lowercase().contains("forbidden"),
+            "the minter token may {refused:?}: {out}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn kubeconfigs_are_downloaded_by_host_rbac_with_fresh_tokens() {
-    let host = hostplane_tests::start_apiserver_on_etcd().await;
-    hostplane_controller::embedded::install_crds(&host.client())
-        .await
-        .expect("CRDs install");
+    let host = host_with_crds().await;
     let tmp = tempfile::tempdir().unwrap();
     let proxy_address = format!("127.0.0.1:{}", free_port());
     let download_url = format!("https://127.0.0.1:{}", free_port());
@@ -172,31 +219,24 @@ async fn kubeconfigs_are_downloaded_by_host_rbac_with_fresh_tokens() {
             ("HOSTPLANE_TENANT_DOMAIN", DOMAIN),
         ],
     );
+    // With its download and metrics endpoints.
     let log = tmp.path().join("proxy.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let _proxy = ProxyProcess {
-        child: Command::new(env!("CARGO_BIN_EXE_hostplane"))
-            .args([
-                "proxy",
-                "--listen",
-                &proxy_address,
-                "--tenant-domain",
-                DOMAIN,
-                "--download-listen",
-                download_url.trim_start_matches("https://"),
-                "--download-ca-file",
-                &ca_file.display().to_string(),
-                "--metrics-listen",
-                &format!("127.0.0.1:{metrics_port}"),
-            ])
-            .env("KUBECONFIG", host.kubeconfig_path())
-            .env_remove("HOSTPLANE_PROXY_ADDRESS")
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap(),
-        log: log.clone(),
-    };
+    let _proxy = ProxyProcess::start(
+        &host,
+        log.clone(),
+        &[
+            "--listen",
+            &proxy_address,
+            "--tenant-domain",
+            DOMAIN,
+            "--download-listen",
+            download_url.trim_start_matches("https://"),
+            "--download-ca-file",
+            &ca_file.display().to_string(),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+        ],
+    );
 
     // Two host identities: one granted the kubeconfig subresource, one with no grant at all.
     kubectl(
@@ -274,6 +314,7 @@ spec: {{type: k8s, version: "1.1"}}
         READY_TIMEOUT,
     )
     .await;
+    minter_secret_is_least_privilege(&host, &cps, tmp.path()).await;
 
     // The generated CA is written at start; the endpoint then answers over HTTPS.
     wait_until(
@@ -435,8 +476,7 @@ spec: {{type: k8s, version: "1.1"}}
     assert!(!out.success(), "{}", out.combined());
 
     // Every answer was counted by its code, beside the proxy's own metrics.
-    let (status, metrics) = http_get(metrics_port, "/metrics").await.unwrap();
-    assert_eq!(status, 200, "{metrics}");
+    let metrics = scrape_metrics(metrics_port).await;
     for (code, at_least) in [
         ("200", 5),
         ("401", 2),
@@ -445,16 +485,13 @@ spec: {{type: k8s, version: "1.1"}}
         ("404", 1),
         ("503", 1),
     ] {
-        let line = format!("hostplane_kubeconfig_download_requests_total{{code=\"{code}\"}} ");
-        let count: u64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {line} in:\n{metrics}"));
-        assert!(count >= at_least, "{line}{count} < {at_least}");
+        let series = format!("hostplane_kubeconfig_download_requests_total{{code=\"{code}\"}}");
+        let count =
+            metric_value(&metrics, &series).unwrap_or_else(|| panic!("no {series} in:\n{metrics}"));
+        assert!(count >= at_least as f64, "{series} {count} < {at_least}");
     }
     assert!(
-        metrics.contains("hostplane_proxy_connections_total{result=\"routed\""),
+        metrics.contains("hostplane_proxy_connections_total{tenant=\"dl\",result=\"routed\""),
         "{metrics}"
     );
     assert_eq!(

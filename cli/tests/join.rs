@@ -10,44 +10,17 @@ use std::time::Duration;
 use common::*;
 use hostplane_controller::build::join::{BootstrapToken, JoinConfig, bootstrap_token_secret};
 use hostplane_controller::provision::join::{JoinInput, JoinMaterial, ensure_join};
-use hostplane_crds::ControlPlane;
+use hostplane_tests::Binaries;
 use hostplane_tests::node_bootstrap::{
     NodeBootstrapError, NodeJoin, bootstrap_node, create_node_csr, is_unauthorized,
 };
-use hostplane_tests::{Binaries, start_apiserver_on_etcd};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(240);
 const NODE_TIMEOUT: Duration = Duration::from_secs(120);
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
-
-/// A client for the tenant as a person gets it: the handed-out kubeconfig (cluster-admin token).
-async fn tenant_client(host: &kube::Client, name: &str) -> kube::Client {
-    let secret = Api::<Secret>::namespaced(host.clone(), &format!("{name}-system"))
-        .get("admin-kubeconfig")
-        .await
-        .unwrap();
-    let text = String::from_utf8(secret.data.unwrap()["kubeconfig"].0.clone()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        Kubeconfig::from_yaml(&text).unwrap(),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
-
-async fn tenant_ca(host: &kube::Client, name: &str) -> String {
-    let secret = Api::<Secret>::namespaced(host.clone(), &format!("{name}-system"))
-        .get("k8s-certs")
-        .await
-        .unwrap();
-    String::from_utf8(secret.data.unwrap()["ca.crt"].0.clone()).unwrap()
-}
 
 fn node_join<'a>(
     server: &'a str,
@@ -91,20 +64,9 @@ async fn assert_token_refused(
 
 #[tokio::test]
 async fn worker_node_joins_a_tenant_with_a_bootstrap_token() {
-    let host = start_apiserver_on_etcd().await;
-    hostplane_controller::embedded::install_crds(&host.client())
-        .await
-        .expect("CRDs install");
-    let tmp = tempfile::tempdir().unwrap();
     // The embedded default datastore (Kine on SQLite): joining does not depend on it.
-    let _controller = ControllerProcess::start(&host, tmp.path(), None, &[]);
-    let out = host.run_kubectl_with_stdin(
-        &["apply", "-f", "-"],
-        "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: workers\nspec:\n  type: k8s\n",
-    );
-    assert!(out.success(), "{}", out.combined());
-    let cps = Api::<ControlPlane>::all(host.client());
-    let cp = wait_ready_state(&cps, "workers", "True", Some("Available"), READY_TIMEOUT).await;
+    let bed = ControllerBed::with(None, &[]).await;
+    let cp = bed.create("workers", "").await;
     let server = cp
         .status
         .unwrap()
@@ -112,8 +74,9 @@ async fn worker_node_joins_a_tenant_with_a_bootstrap_token() {
         .expect("a Ready tenant has an endpoint");
     let endpoint = server.trim_start_matches("https://").to_string();
 
-    let tenant = tenant_client(&host.client(), "workers").await;
-    let ca_pem = tenant_ca(&host.client(), "workers").await;
+    // A client for the tenant as a person gets it: the handed-out kubeconfig (cluster-admin).
+    let tenant = tenant_client(&bed.host.client(), "workers", "kubeconfig").await;
+    let ca_pem = secret_text(&bed.host.client(), "workers-system", "k8s-certs", "ca.crt").await;
     let input = JoinInput {
         config: JoinConfig {
             cluster_name: "workers",

@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hostplane_crds::ControlPlane;
-use hostplane_tests::{KubeApiserver, free_port, http_get, start_apiserver_on_etcd, wait_for};
+use hostplane_tests::{KubeApiserver, free_port, http_get, wait_for};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ListParams};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(240);
 const LEASE_NAMESPACE: &str = "kube-system";
 const LEASE_NAME: &str = "hostplane-controller";
 
@@ -65,6 +64,18 @@ impl Replica {
         }
     }
 
+    /// Two replicas, `controller-a` and `controller-b`, with the same lease timings.
+    fn pair(
+        host: &KubeApiserver,
+        state_dir: &std::path::Path,
+        timings: (u64, u64, u64),
+    ) -> [Self; 2] {
+        [
+            Self::start("controller-a", host, state_dir, timings),
+            Self::start("controller-b", host, state_dir, timings),
+        ]
+    }
+
     /// The log without terminal colours (tracing colours field names apart from values).
     fn log(&self) -> String {
         let raw = self.process.log();
@@ -98,7 +109,7 @@ impl Replica {
     async fn metric(&self, name: &str) -> f64 {
         let (status, text) = self.get("/metrics").await;
         assert_eq!(status, 200, "{text}");
-        value_of(&text, name)
+        metric_value(&text, name)
             .unwrap_or_else(|| panic!("{} has no metric {name}:\n{text}", self.name))
     }
 
@@ -152,14 +163,19 @@ fn transitions_of(lease: &Lease) -> i32 {
         .unwrap_or(0)
 }
 
-/// The holder once someone holds the Lease.
-async fn wait_for_holder(host: &KubeApiserver) -> String {
-    wait_for(
+/// The Lease's holder once someone holds it, and which of `replicas` that is.
+async fn wait_for_leader(host: &KubeApiserver, replicas: &[Replica]) -> (String, usize) {
+    let holder = wait_for(
         Duration::from_secs(60),
         "a controller to acquire the Lease",
         async || Some(holder_of(&lease(host).await?)).filter(|h| !h.is_empty()),
     )
-    .await
+    .await;
+    let index = replicas
+        .iter()
+        .position(|r| r.holds(&holder))
+        .unwrap_or_else(|| panic!("the Lease holder {holder:?} is neither replica"));
+    (holder, index)
 }
 
 /// Polls the Lease every 50 ms until `replica` holds it; the time that took.
@@ -181,18 +197,6 @@ async fn time_until_held_by(host: &KubeApiserver, replica: &Replica, limit: Dura
     }
 }
 
-/// The value of the series `series` (a metric name, with its labels if it has any) in
-/// Prometheus text.
-fn value_of(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 /// The series of `hostplane_tenants` (ControlPlanes by their Ready reason) with their values.
 fn tenant_states(text: &str) -> Vec<(String, f64)> {
     text.lines()
@@ -206,46 +210,41 @@ fn tenant_states(text: &str) -> Vec<(String, f64)> {
 }
 
 fn create(host: &KubeApiserver, name: &str) {
-    let out = host.run_kubectl_with_stdin(
-        &["apply", "-f", "-"],
-        &format!("apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: {name}\nspec:\n  type: k8s\n"),
-    );
+    let out = host.apply_yaml(&controlplane_yaml(name, ""));
     assert!(out.success(), "kubectl apply failed: {}", out.combined());
 }
 
 /// The reporting instances of the Events about ControlPlane `name`.
+/// Who reported the Events about ControlPlane `name`, once there are any (an Event may be
+/// published just after the status write that the caller waited for).
 async fn event_reporters(host: &KubeApiserver, name: &str) -> Vec<String> {
-    Api::<Event>::all(host.client())
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .map(|e| e.reporting_instance.unwrap_or_default())
-        .collect()
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let reporters: Vec<String> = Api::<Event>::all(host.client())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| e.reporting_instance.unwrap_or_default())
+            .collect();
+        if !reporters.is_empty() || std::time::Instant::now() >= deadline {
+            return reporters;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
 async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_is_killed() {
-    let host = start_apiserver_on_etcd().await;
-    hostplane_controller::embedded::install_crds(&host.client())
-        .await
-        .expect("CRDs install");
+    let host = host_with_crds().await;
     let tmp = tempfile::tempdir().unwrap();
-    let timings = (4, 3, 1);
-    let mut replicas = [
-        Replica::start("controller-a", &host, tmp.path(), timings),
-        Replica::start("controller-b", &host, tmp.path(), timings),
-    ];
+    let mut replicas = Replica::pair(&host, tmp.path(), (4, 3, 1));
     let cps = Api::<ControlPlane>::all(host.client());
 
     // Exactly one holds the Lease, and keeps it while both run.
-    let holder = wait_for_holder(&host).await;
-    let leader_index = replicas
-        .iter()
-        .position(|r| r.holds(&holder))
-        .unwrap_or_else(|| panic!("the Lease holder {holder:?} is neither replica"));
+    let (holder, leader_index) = wait_for_leader(&host, &replicas).await;
     let standby_index = 1 - leader_index;
     let (leader, standby) = (&replicas[leader_index], &replicas[standby_index]);
     eprintln!("leader: {holder}; standby: {}", standby.name);
@@ -297,16 +296,16 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_is_killed()
         })
         .await;
     assert_eq!(
-        value_of(&text, "hostplane_tenant_provisioning_seconds_count"),
+        metric_value(&text, "hostplane_tenant_provisioning_seconds_count"),
         Some(1.0),
         "{text}"
     );
     assert!(
-        value_of(&text, "hostplane_tenant_provisioning_seconds_sum").is_some_and(|s| s > 0.0),
+        metric_value(&text, "hostplane_tenant_provisioning_seconds_sum").is_some_and(|s| s > 0.0),
         "{text}"
     );
     assert!(
-        value_of(&text, "hostplane_reconcile_duration_seconds_count").is_some_and(|n| n > 0.0),
+        metric_value(&text, "hostplane_reconcile_duration_seconds_count").is_some_and(|n| n > 0.0),
         "{text}"
     );
     assert_eq!(
@@ -372,7 +371,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_is_killed()
         })
         .await;
     assert_eq!(
-        value_of(&text, "hostplane_tenant_provisioning_seconds_count"),
+        metric_value(&text, "hostplane_tenant_provisioning_seconds_count"),
         Some(1.0),
         "{text}"
     );
@@ -389,22 +388,11 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_is_killed()
 
 #[tokio::test]
 async fn a_leader_stopped_with_sigterm_hands_over_at_once_and_one_that_loses_the_lease_exits() {
-    let host = start_apiserver_on_etcd().await;
-    hostplane_controller::embedded::install_crds(&host.client())
-        .await
-        .expect("CRDs install");
+    let host = host_with_crds().await;
     let tmp = tempfile::tempdir().unwrap();
     // A long lease: a takeover well under 15 s can only come from the release.
-    let timings = (15, 10, 1);
-    let mut replicas = [
-        Replica::start("controller-a", &host, tmp.path(), timings),
-        Replica::start("controller-b", &host, tmp.path(), timings),
-    ];
-    let holder = wait_for_holder(&host).await;
-    let leader_index = replicas
-        .iter()
-        .position(|r| r.holds(&holder))
-        .unwrap_or_else(|| panic!("the Lease holder {holder:?} is neither replica"));
+    let mut replicas = Replica::pair(&host, tmp.path(), (15, 10, 1));
+    let (_, leader_index) = wait_for_leader(&host, &replicas).await;
     let standby_index = 1 - leader_index;
     let standby_name = replicas[standby_index].name;
     wait_for(

@@ -12,12 +12,16 @@ use std::time::Duration;
 
 use common::*;
 use hostplane_crds::ControlPlane;
-use hostplane_tests::{Binaries, start_apiserver_on_etcd};
+use hostplane_tests::{Binaries, start_apiserver_on_etcd, wait_until};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::Api;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(240);
+/// 90 s leaves, renewed with 36 s left (54 s after issue), and frequent health checks.
+const SHORT_LEAVES: [(&str, &str); 2] = [
+    ("HOSTPLANE_LEAF_CERT_SECONDS", "90"),
+    ("HOSTPLANE_HEALTH_CHECK_SECONDS", "5"),
+];
 
 /// A host API server and the controller (Kine on SQLite for `k8s` tenants: no Postgres needed).
 type Bed = ControllerBed;
@@ -25,16 +29,6 @@ type Bed = ControllerBed;
 impl Bed {
     async fn start(extra_env: &[(&str, &str)]) -> Self {
         Self::with(None, extra_env).await
-    }
-
-    fn apply(&self, yaml: &str) {
-        let out = self.host.apply_yaml(yaml);
-        assert!(out.success(), "kubectl apply failed: {}", out.combined());
-    }
-
-    fn host_kubectl(&self, args: &[&str]) -> (bool, String) {
-        let out = self.host.run_kubectl(args);
-        (out.success(), out.combined())
     }
 
     async fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
@@ -46,11 +40,7 @@ impl Bed {
 
     /// A key of a Secret of `<name>-system` as text.
     async fn secret_text(&self, name: &str, secret: &str, key: &str) -> String {
-        let s = self
-            .secret(&format!("{name}-system"), secret)
-            .await
-            .unwrap_or_else(|| panic!("Secret {name}-system/{secret} exists"));
-        String::from_utf8(s.data.unwrap()[key].0.clone()).unwrap()
+        secret_text(&self.host.client(), &format!("{name}-system"), secret, key).await
     }
 
     /// The handed-out kubeconfig (key `key`), written to a file as a user would.
@@ -103,21 +93,6 @@ async fn kubectl_eventually(kubeconfig: &Path, args: &[&str], timeout: Duration)
     }
 }
 
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + timeout;
-    while !f().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
 #[tokio::test]
 async fn host_type_hands_out_the_host_with_expiring_tokens_and_revokes_them_on_delete() {
     // People outside reach the host by name (the host serving cert carries `localhost`).
@@ -129,14 +104,7 @@ async fn host_type_hands_out_the_host_with_expiring_tokens_and_revokes_them_on_d
         "hosted",
         "  type: host\n  tokenExpirationSeconds: 3600\n",
     ));
-    let cp = wait_ready_state(
-        &bed.cps(),
-        "hosted",
-        "True",
-        Some("Available"),
-        READY_TIMEOUT,
-    )
-    .await;
+    let cp = bed.available("hosted").await;
     let status = cp.status.clone().unwrap();
     assert_eq!(
         (status.endpoint.as_deref(), status.version.as_deref()),
@@ -145,7 +113,7 @@ async fn host_type_hands_out_the_host_with_expiring_tokens_and_revokes_them_on_d
             Some(Binaries::get().kube_version.as_str())
         )
     );
-    let (ok, out) = bed.host_kubectl(&["get", "cp", "hosted"]);
+    let (ok, out) = bed.kubectl(&["get", "cp", "hosted"], None);
     assert!(
         ok && out
             .lines()
@@ -190,7 +158,7 @@ async fn host_type_hands_out_the_host_with_expiring_tokens_and_revokes_them_on_d
     );
 
     // Deleting the ControlPlane removes the binding: the handed-out token grants nothing more.
-    let (ok, out) = bed.host_kubectl(&["delete", "cp", "hosted", "--timeout=60s"]);
+    let (ok, out) = bed.kubectl(&["delete", "cp", "hosted", "--timeout=60s"], None);
     assert!(ok, "{out}");
     let bindings = Api::<ClusterRoleBinding>::all(bed.host.client());
     assert!(
@@ -221,7 +189,7 @@ async fn external_type_adopts_a_cluster_keeps_no_bootstrap_credential_and_renews
         "ext",
         "  type: external\n  tokenExpirationSeconds: 600\n  bootstrapSecretRef:\n    name: ext-bootstrap\n    namespace: default\n",
     ));
-    let cp = wait_ready_state(&bed.cps(), "ext", "True", Some("Available"), READY_TIMEOUT).await;
+    let cp = bed.available("ext").await;
     let status = cp.status.clone().unwrap();
     assert_eq!(status.endpoint.as_deref(), Some(external.url().as_str()));
     assert_eq!(
@@ -270,8 +238,10 @@ async fn external_type_adopts_a_cluster_keeps_no_bootstrap_credential_and_renews
         !denied.status.success() && said.contains("Forbidden"),
         "{said}"
     );
-    let (ok, out) =
-        bed.host_kubectl(&["get", "events", "--field-selector=reason=BootstrapConsumed"]);
+    let (ok, out) = bed.kubectl(
+        &["get", "events", "--field-selector=reason=BootstrapConsumed"],
+        None,
+    );
     assert!(
         ok && out.contains("deleted the bootstrap Secret default/ext-bootstrap"),
         "{out}"
@@ -279,9 +249,9 @@ async fn external_type_adopts_a_cluster_keeps_no_bootstrap_credential_and_renews
 
     // Renewal works with the controller's own token alone: a new handed-out token, which works.
     wait_until(
-        "a renewed handed-out token",
         Duration::from_secs(60),
-        || async {
+        "a renewed handed-out token",
+        async || {
             kubeconfig_token(
                 &bed.secret_text("ext", "admin-kubeconfig", "kubeconfig")
                     .await,
@@ -299,7 +269,7 @@ async fn external_type_adopts_a_cluster_keeps_no_bootstrap_credential_and_renews
     .await;
 
     // Delete: hostplane's accounts leave the external cluster, so handed-out tokens stop working.
-    let (ok, out) = bed.host_kubectl(&["delete", "cp", "ext", "--timeout=60s"]);
+    let (ok, out) = bed.kubectl(&["delete", "cp", "ext", "--timeout=60s"], None);
     assert!(ok, "{out}");
     let accounts = Api::<ServiceAccount>::namespaced(external.client(), "kube-system");
     for name in ["hostplane-admin", "hostplane-controller"] {
@@ -307,32 +277,14 @@ async fn external_type_adopts_a_cluster_keeps_no_bootstrap_credential_and_renews
     }
     // kube-apiserver caches a successful token authentication for 10 s.
     wait_until(
-        "the handed-out token to be refused",
         Duration::from_secs(30),
-        || async {
+        "the handed-out token to be refused",
+        async || {
             let (ok, out) = kubectl_with(kubectl(), &renewed, &["get", "configmap", "adopted"]);
             !ok && out.contains("Unauthorized")
         },
     )
     .await;
-}
-
-/// The tenant's state directory (processes runtime).
-fn tenant_dir(bed: &Bed, cp: &ControlPlane) -> PathBuf {
-    let uid = cp.metadata.uid.clone().unwrap();
-    bed.controller.state_dir.join("tenants").join(format!(
-        "{}-{}",
-        cp.metadata.name.clone().unwrap(),
-        uid.split('-').next().unwrap()
-    ))
-}
-
-fn pid_of(dir: &Path, process: &str) -> Option<i32> {
-    std::fs::read_to_string(dir.join(format!("{process}.pid")))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The certificate a TLS handshake with `127.0.0.1:port` presents: its serial, and whether it
@@ -463,16 +415,10 @@ fn no_expired_certificate_presented_to(dir: &Path, process: &str) {
 
 #[tokio::test]
 async fn short_lived_leaves_rotate_without_restarting_the_api_server_or_breaking_clients() {
-    // 90 s leaves are renewed with 36 s left (54 s after issue).
-    let bed = Bed::start(&[
-        ("HOSTPLANE_LEAF_CERT_SECONDS", "90"),
-        ("HOSTPLANE_HEALTH_CHECK_SECONDS", "5"),
-    ])
-    .await;
-    bed.apply(&controlplane("rot", "  type: k8s\n"));
-    let cp = wait_ready_state(&bed.cps(), "rot", "True", Some("Available"), READY_TIMEOUT).await;
+    let bed = Bed::start(&SHORT_LEAVES).await;
+    let cp = bed.create("rot", "").await;
     let port = endpoint_port(&cp);
-    let dir = tenant_dir(&bed, &cp);
+    let dir = bed.tenant_dir(&cp);
     let (kubeconfig, _) = bed.kubeconfig("rot", "kubeconfig").await;
     kubectl_eventually(
         &kubeconfig,
@@ -507,14 +453,9 @@ async fn short_lived_leaves_rotate_without_restarting_the_api_server_or_breaking
 
 #[tokio::test]
 async fn short_lived_leaves_of_a_dedicated_etcd_rotate_without_restarting_it_or_failing_writes() {
-    let bed = Bed::start(&[
-        ("HOSTPLANE_LEAF_CERT_SECONDS", "90"),
-        ("HOSTPLANE_HEALTH_CHECK_SECONDS", "5"),
-    ])
-    .await;
-    bed.apply(&controlplane("rote", "  type: k8s\n  backend: dedicated\n"));
-    let cp = wait_ready_state(&bed.cps(), "rote", "True", Some("Available"), READY_TIMEOUT).await;
-    let dir = tenant_dir(&bed, &cp);
+    let bed = Bed::start(&SHORT_LEAVES).await;
+    let cp = bed.create("rote", "  backend: dedicated\n").await;
+    let dir = bed.tenant_dir(&cp);
     let ports: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("ports.json")).unwrap()).unwrap();
     let etcd_port = u16::try_from(ports["etcd_client"].as_u64().unwrap()).unwrap();
@@ -596,10 +537,10 @@ fn server_version(kubeconfig: &Path) -> String {
 async fn tenants_run_two_minors_at_once_and_upgrade_in_place_one_minor_at_a_time() {
     let (old, new) = (available("1.36"), available("1.37"));
     let bed = Bed::start(&[("HOSTPLANE_HEALTH_CHECK_SECONDS", "3")]).await;
-    bed.apply(&controlplane("older", "  type: k8s\n  version: \"1.36\"\n"));
-    bed.apply(&controlplane("newer", "  type: k8s\n  version: \"1.37\"\n"));
+    bed.apply_cp("older", "  version: \"1.36\"\n");
+    bed.apply_cp("newer", "  version: \"1.37\"\n");
     for (name, version) in [("older", &old), ("newer", &new)] {
-        let cp = wait_ready_state(&bed.cps(), name, "True", Some("Available"), READY_TIMEOUT).await;
+        let cp = bed.available(name).await;
         assert_eq!(cp.status.unwrap().version.as_ref(), Some(version));
         let (kubeconfig, _) = bed.kubeconfig(name, "kubeconfig").await;
         assert_eq!(server_version(&kubeconfig), format!("v{version}"));
@@ -608,15 +549,7 @@ async fn tenants_run_two_minors_at_once_and_upgrade_in_place_one_minor_at_a_time
     // A downgrade is refused with a clear condition; the tenant keeps its version.
     let cps = bed.cps();
     let patch = |version: &str| serde_json::json!({"spec": {"version": version}});
-    let (ok, out) = bed.host_kubectl(&[
-        "patch",
-        "cp",
-        "newer",
-        "--type=merge",
-        "-p",
-        &patch("1.36").to_string(),
-    ]);
-    assert!(ok, "{out}");
+    bed.patch_cp("newer", "merge", &patch("1.36").to_string());
     let cp = wait_ready_state(
         &cps,
         "newer",
@@ -646,19 +579,11 @@ async fn tenants_run_two_minors_at_once_and_upgrade_in_place_one_minor_at_a_time
         ],
     );
     assert!(ok, "{out}");
-    let (ok, out) = bed.host_kubectl(&[
-        "patch",
-        "cp",
-        "older",
-        "--type=merge",
-        "-p",
-        &patch("1.37").to_string(),
-    ]);
-    assert!(ok, "{out}");
+    bed.patch_cp("older", "merge", &patch("1.37").to_string());
     wait_until(
-        "status.version to move to the new release",
         READY_TIMEOUT,
-        || async {
+        "status.version to move to the new release",
+        async || {
             cps.get("older")
                 .await
                 .ok()

@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use hostplane_crds::ControlPlane;
 use hostplane_tests::{Binaries, Postgres};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(240);
 /// From a write past the limit (or a delete under it) to the policy following it: a usage sample,
 /// a pass, the API server's policy informer.
 const QUOTA_TIMEOUT: Duration = Duration::from_secs(120);
@@ -26,22 +23,10 @@ const ENV: [(&str, &str); 2] = [
     ("HOSTPLANE_USAGE_INTERVAL_SECONDS", "2"),
 ];
 
-fn host_kubectl(bed: &ControllerBed, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    let out = match stdin {
-        Some(input) => bed.host.run_kubectl_with_stdin(args, input),
-        None => bed.host.run_kubectl(args),
-    };
-    (out.success(), out.combined())
-}
-
 async fn create_tenant(bed: &ControllerBed, name: &str, extra_spec: &str) -> ControlPlane {
-    let yaml = format!(
-        "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: {name}\nspec:\n  type: k8s\n{extra_spec}"
-    );
-    let (ok, out) = host_kubectl(bed, &["apply", "-f", "-"], Some(&yaml));
-    assert!(ok, "kubectl apply failed: {out}");
+    bed.apply_cp(name, extra_spec);
     let _logs = TenantLogsOnPanic(bed.controller.state_dir.join("tenants"));
-    wait_ready_state(&bed.cps(), name, "True", Some("Available"), READY_TIMEOUT).await
+    bed.available(name).await
 }
 
 /// Prints the tails of the tenant processes' logs when a test fails while it lives.
@@ -69,14 +54,6 @@ impl Drop for TenantLogsOnPanic {
     }
 }
 
-async fn secret_data(bed: &ControllerBed, namespace: &str, name: &str, key: &str) -> String {
-    let secret = Api::<Secret>::namespaced(bed.host.client(), namespace)
-        .get(name)
-        .await
-        .unwrap_or_else(|e| panic!("Secret {namespace}/{name}: {e}"));
-    String::from_utf8(secret.data.unwrap()[key].0.clone()).unwrap()
-}
-
 /// kubectl against a tenant with its handed-out kubeconfig (the tenant's admin, one of its
 /// users: the quota applies to it).
 struct TenantKubectl {
@@ -85,30 +62,13 @@ struct TenantKubectl {
 
 impl TenantKubectl {
     async fn of(bed: &ControllerBed, name: &str) -> Self {
-        let text = secret_data(
-            bed,
-            &format!("{name}-system"),
-            "admin-kubeconfig",
-            "kubeconfig",
-        )
-        .await;
-        let kubeconfig = bed.controller.state_dir.join(format!("{name}.kubeconfig"));
-        std::fs::write(&kubeconfig, text).unwrap();
+        let (kubeconfig, _) = bed.tenant_kubeconfig(name).await;
         Self { kubeconfig }
     }
 
     fn run(&self, args: &[&str]) -> (bool, String) {
         kubectl_with(&Binaries::get().kubectl, &self.kubeconfig, args)
     }
-}
-
-fn tenant_dir(bed: &ControllerBed, cp: &ControlPlane) -> PathBuf {
-    let uid = cp.metadata.uid.clone().unwrap();
-    bed.controller.state_dir.join("tenants").join(format!(
-        "{}-{}",
-        cp.metadata.name.clone().unwrap(),
-        uid.split('-').next().unwrap()
-    ))
 }
 
 /// The command line of one of the tenant's processes, from its pid file.
@@ -146,8 +106,7 @@ async fn wait_cp(
 
 /// Host Events about a ControlPlane with `reason`.
 fn events(bed: &ControllerBed, name: &str, reason: &str) -> String {
-    let (ok, out) = host_kubectl(
-        bed,
+    let (ok, out) = bed.kubectl(
         &[
             "get",
             "events",
@@ -295,7 +254,7 @@ async fn a_tenant_on_a_dedicated_etcd_over_its_storage_quota_is_read_only_until_
         &format!("  backend: dedicated\n  limits:\n    maxStorageBytes: {limit}\n"),
     )
     .await;
-    let dir = tenant_dir(&bed, &cp);
+    let dir = bed.tenant_dir(&cp);
     let etcd = command_line(&dir, "etcd");
     assert!(
         etcd.contains(&format!(
@@ -315,7 +274,7 @@ async fn a_tenant_on_a_dedicated_etcd_over_its_storage_quota_is_read_only_until_
         let path = bed.controller.state_dir.join(key);
         std::fs::write(
             &path,
-            secret_data(&bed, "quota-etcd-system", "k8s-certs", key).await,
+            secret_text(&bed.host.client(), "quota-etcd-system", "k8s-certs", key).await,
         )
         .unwrap();
         files.push(path);
@@ -357,7 +316,7 @@ async fn a_tenant_runs_with_its_inflight_limits_priority_level_and_connection_li
     .await;
 
     // The API server's flags, and Kine's pool below the role's 10 connections.
-    let dir = tenant_dir(&bed, &cp);
+    let dir = bed.tenant_dir(&cp);
     let apiserver = command_line(&dir, "kube-apiserver");
     for flag in [
         "--max-requests-inflight=50",
@@ -418,7 +377,7 @@ async fn a_tenant_runs_with_its_inflight_limits_priority_level_and_connection_li
     );
 
     // The role's sessions: Kine holds some; past the limit of 10, Postgres refuses.
-    let url = secret_data(&bed, "limited-system", "datastore", "url").await;
+    let url = secret_text(&bed.host.client(), "limited-system", "datastore", "url").await;
     let mut sessions = Vec::new();
     let refusal = loop {
         assert!(

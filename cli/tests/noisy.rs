@@ -19,10 +19,7 @@ use hostplane_tests::Postgres;
 use hostplane_tests::load::{
     StormReport, client_for_kubeconfig, paced_workload, percentile, write_storm,
 };
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(240);
 /// Each tenant's `limits.maxCpuMillicores`: an eighth of a 2-core machine (a small plan; the
 /// API servers' start is not limited).
 /// `HOSTPLANE_NOISY_CPU_MILLICORES=0` runs without a CPU limit, to see what the limit is worth.
@@ -60,23 +57,14 @@ fn profile() -> Profile {
     }
 }
 
-/// Both tenants get the same plan.
-async fn tenant_kubeconfig(bed: &ControllerBed, name: &str) -> String {
+/// Creates tenant `name` on the plan both tenants get; its handed-out kubeconfig.
+async fn create_tenant(bed: &ControllerBed, name: &str) -> String {
     let limits = match cpu_millicores() {
         0 => String::new(),
         m => format!("  limits:\n    maxCpuMillicores: {m}\n"),
     };
-    let yaml = format!(
-        "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: {name}\nspec:\n  type: k8s\n{limits}"
-    );
-    let out = bed.host.apply_yaml(&yaml);
-    assert!(out.success(), "{}", out.combined());
-    wait_ready_state(&bed.cps(), name, "True", Some("Available"), READY_TIMEOUT).await;
-    let secret = Api::<Secret>::namespaced(bed.host.client(), &format!("{name}-system"))
-        .get("admin-kubeconfig")
-        .await
-        .unwrap();
-    String::from_utf8(secret.data.unwrap()["kubeconfig"].0.clone()).unwrap()
+    bed.create(name, &limits).await;
+    handed_out_kubeconfig(&bed.host.client(), name, "kubeconfig").await
 }
 
 /// Runs A's storm while `workload` (B's) runs: the storm starts first, reaches its stride, and
@@ -127,8 +115,8 @@ async fn a_write_storm_in_one_tenant_keeps_the_other_tenants_p99_within_2x() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let bed = ControllerBed::with(Some(postgres.admin_dsn()), &extra).await;
-    let noisy = tenant_kubeconfig(&bed, "noisy").await;
-    let quiet = client_for_kubeconfig(&tenant_kubeconfig(&bed, "quiet").await).await;
+    let noisy = create_tenant(&bed, "noisy").await;
+    let quiet = client_for_kubeconfig(&create_tenant(&bed, "quiet").await).await;
 
     // Each tenant's processes run in its own CPU group, limited as its spec says.
     for name in ["noisy", "quiet"] {

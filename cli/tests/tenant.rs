@@ -4,83 +4,26 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use hostplane_crds::ControlPlane;
-use hostplane_tests::{Binaries, KubeApiserver, Postgres, start_apiserver_on_etcd};
+use hostplane_tests::{Binaries, KubeApiserver, Postgres, wait_until};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::Api;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(240);
-
+/// The shared Postgres, a host API server and the controller keeping its tenants on it.
 struct Bed {
-    host: KubeApiserver,
+    bed: ControllerBed,
+    /// Dropped after the controller and its tenants (fields drop in order).
     postgres: Postgres,
-    controller: ControllerProcess,
-    _tmp: tempfile::TempDir,
 }
 
 impl Bed {
     async fn start(extra_env: &[(&str, &str)]) -> Self {
         let postgres = Postgres::start().await;
-        let host = start_apiserver_on_etcd().await;
-        hostplane_controller::embedded::install_crds(&host.client())
-            .await
-            .expect("CRDs install");
-        let tmp = tempfile::tempdir().unwrap();
-        let controller =
-            ControllerProcess::start(&host, tmp.path(), Some(postgres.admin_dsn()), extra_env);
-        Self {
-            host,
-            postgres,
-            controller,
-            _tmp: tmp,
-        }
-    }
-
-    fn cps(&self) -> Api<ControlPlane> {
-        Api::all(self.host.client())
-    }
-
-    fn apply(&self, yaml: &str) {
-        let (ok, out) = self.host_kubectl(&["apply", "-f", "-"], Some(yaml));
-        assert!(ok, "kubectl apply failed: {out}");
-    }
-
-    fn host_kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        let out = match stdin {
-            Some(input) => self.host.run_kubectl_with_stdin(args, input),
-            None => self.host.run_kubectl(args),
-        };
-        (out.success(), out.combined())
-    }
-
-    async fn create(&self, name: &str, extra_spec: &str) -> ControlPlane {
-        self.apply(&format!("apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: {name}\nspec:\n  type: k8s\n{extra_spec}"));
-        wait_ready_state(&self.cps(), name, "True", Some("Available"), READY_TIMEOUT).await
-    }
-
-    /// The handed-out kubeconfig, written to a file as a user would.
-    async fn kubeconfig(&self, name: &str) -> (PathBuf, String) {
-        let secret = Api::<Secret>::namespaced(self.host.client(), &format!("{name}-system"))
-            .get("admin-kubeconfig")
-            .await
-            .unwrap();
-        let text = String::from_utf8(secret.data.unwrap()["kubeconfig"].0.clone()).unwrap();
-        let path = self.controller.state_dir.join(format!("{name}.kubeconfig"));
-        std::fs::write(&path, &text).unwrap();
-        (path, text)
-    }
-
-    fn tenant_dir(&self, cp: &ControlPlane) -> PathBuf {
-        let uid = cp.metadata.uid.clone().unwrap();
-        self.controller.state_dir.join("tenants").join(format!(
-            "{}-{}",
-            cp.metadata.name.clone().unwrap(),
-            uid.split('-').next().unwrap()
-        ))
+        let bed = ControllerBed::with(Some(postgres.admin_dsn()), extra_env).await;
+        Self { bed, postgres }
     }
 
     /// A connection to one database as the Postgres superuser (for checks only).
@@ -96,6 +39,21 @@ impl Bed {
     }
 }
 
+/// The host, the controller and their helpers, as in every other suite.
+impl std::ops::Deref for Bed {
+    type Target = ControllerBed;
+
+    fn deref(&self) -> &ControllerBed {
+        &self.bed
+    }
+}
+
+impl std::ops::DerefMut for Bed {
+    fn deref_mut(&mut self) -> &mut ControllerBed {
+        &mut self.bed
+    }
+}
+
 async fn connect(dsn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
@@ -104,21 +62,6 @@ async fn connect(dsn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
 
 fn kubectl() -> &'static Path {
     &Binaries::get().kubectl
-}
-
-fn pid_of(dir: &Path, process: &str) -> Option<i32> {
-    std::fs::read_to_string(dir.join(format!("{process}.pid")))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(") ")
-            .is_some_and(|(_, r)| !r.starts_with('Z'))
-    })
 }
 
 /// Processes on this machine whose command line mentions `needle` (duplicates show up here).
@@ -133,17 +76,6 @@ fn processes_mentioning(needle: &str) -> Vec<i32> {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
         })
         .collect()
-}
-
-async fn wait_for<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !f() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test]
@@ -177,7 +109,7 @@ async fn tenant_on_shared_postgres_serves_kubectl_survives_kills_and_is_torn_dow
         (datastore.kind.as_str(), datastore.role.as_deref()),
         ("postgres", Some(database.as_str()))
     );
-    let (ok, out) = bed.host_kubectl(&["get", "cp", "alpha"], None);
+    let (ok, out) = bed.kubectl(&["get", "cp", "alpha"], None);
     assert!(
         ok && out
             .lines()
@@ -190,7 +122,7 @@ async fn tenant_on_shared_postgres_serves_kubectl_survives_kills_and_is_torn_dow
     );
 
     // Plain kubectl with the handed-out kubeconfig.
-    let (kubeconfig, text) = bed.kubeconfig("alpha").await;
+    let (kubeconfig, text) = bed.tenant_kubeconfig("alpha").await;
     let claims = jwt_claims(&kubeconfig_token(&text));
     assert_eq!(
         claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
@@ -262,10 +194,10 @@ async fn tenant_on_shared_postgres_serves_kubectl_survives_kills_and_is_torn_dow
         )
         .unwrap();
     }
-    wait_for(
-        "restarted tenant processes",
+    wait_until(
         Duration::from_secs(60),
-        || {
+        "restarted tenant processes",
+        async || {
             pid_of(&dir, "kube-apiserver").is_some_and(|p| p != api_pid && alive(p))
                 && pid_of(&dir, "kine").is_some_and(|p| p != kine_pid && alive(p))
         },
@@ -303,7 +235,7 @@ async fn tenant_on_shared_postgres_serves_kubectl_survives_kills_and_is_torn_dow
         .filter_map(|p| pid_of(&dir, p))
         .collect();
     assert_eq!(tenant_pids.len(), 3);
-    let (ok, out) = bed.host_kubectl(&["delete", "cp", "alpha", "--timeout=120s"], None);
+    let (ok, out) = bed.kubectl(&["delete", "cp", "alpha", "--timeout=120s"], None);
     assert!(ok, "{out}");
     assert!(
         tenant_pids.iter().all(|p| !alive(*p)),
@@ -347,11 +279,13 @@ async fn two_tenants_cannot_reach_each_other() {
     let db_b = b.status.unwrap().datastore.unwrap().database.unwrap();
 
     // Tenant A's role, with its real password, cannot connect to B's database.
-    let secret = Api::<Secret>::namespaced(bed.host.client(), "tenant-a-system")
-        .get("datastore")
-        .await
-        .unwrap();
-    let password = String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap();
+    let password = secret_text(
+        &bed.host.client(),
+        "tenant-a-system",
+        "datastore",
+        "password",
+    )
+    .await;
     let port = bed.postgres.port();
     let own = connect(&format!(
         "host=127.0.0.1 port={port} user={db_a} password={password} dbname={db_a}"
@@ -377,8 +311,8 @@ async fn two_tenants_cannot_reach_each_other() {
     );
 
     // A's token is rejected by B's API server: 401, which kubectl words as below.
-    let (_, text_a) = bed.kubeconfig("tenant-a").await;
-    let (_, text_b) = bed.kubeconfig("tenant-b").await;
+    let (_, text_a) = bed.tenant_kubeconfig("tenant-a").await;
+    let (_, text_b) = bed.tenant_kubeconfig("tenant-b").await;
     let forged = text_b.replace(&kubeconfig_token(&text_b), &kubeconfig_token(&text_a));
     let path = bed.controller.state_dir.join("forged.kubeconfig");
     std::fs::write(&path, forged).unwrap();
@@ -394,7 +328,7 @@ async fn handed_out_tokens_expire_and_are_renewed() {
     // Renew after 2% of a 600 s life (12 s) instead of 80%, to see a renewal within the test.
     let bed = Bed::start(&[("HOSTPLANE_TOKEN_RENEW_FRACTION", "0.02")]).await;
     bed.create("short", "  tokenExpirationSeconds: 600\n").await;
-    let (_, first) = bed.kubeconfig("short").await;
+    let (_, first) = bed.tenant_kubeconfig("short").await;
     let first_token = kubeconfig_token(&first);
     let claims = jwt_claims(&first_token);
     assert_eq!(
@@ -405,7 +339,7 @@ async fn handed_out_tokens_expire_and_are_renewed() {
 
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let renewed = loop {
-        let (_, text) = bed.kubeconfig("short").await;
+        let (_, text) = bed.tenant_kubeconfig("short").await;
         if kubeconfig_token(&text) != first_token {
             break text;
         }
@@ -421,7 +355,7 @@ async fn handed_out_tokens_expire_and_are_renewed() {
         new_claims["exp"].as_i64().unwrap() - new_claims["iat"].as_i64().unwrap(),
         600
     );
-    let (path, _) = bed.kubeconfig("short").await;
+    let (path, _) = bed.tenant_kubeconfig("short").await;
     let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns", "default"]);
     assert!(ok, "renewed token does not work: {out}");
 }
@@ -429,7 +363,7 @@ async fn handed_out_tokens_expire_and_are_renewed() {
 #[tokio::test]
 async fn controller_killed_while_provisioning_converges_without_duplicates() {
     let mut bed = Bed::start(&[]).await;
-    bed.apply("apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: crashy\nspec:\n  type: k8s\n");
+    bed.apply_cp("crashy", "");
     let api = bed.cps();
     let mut first_ca: Option<Vec<u8>> = None;
     // Crash at several points of the first provisioning: before and after the database, the
@@ -476,14 +410,9 @@ async fn controller_killed_while_provisioning_converges_without_duplicates() {
         .unwrap()
         .get(0);
     assert_eq!(dbs, 1);
-    let ca_now = Api::<Secret>::namespaced(bed.host.client(), "crashy-system")
-        .get("k8s-certs")
+    let ca_now = secret_text(&bed.host.client(), "crashy-system", "k8s-certs", "ca.crt")
         .await
-        .unwrap()
-        .data
-        .unwrap()["ca.crt"]
-        .0
-        .clone();
+        .into_bytes();
     if let Some(first) = first_ca {
         assert_eq!(first, ca_now, "the CA changed across controller restarts");
     }
@@ -492,7 +421,7 @@ async fn controller_killed_while_provisioning_converges_without_duplicates() {
         ca_now,
         "processes do not use the stored CA"
     );
-    let (path, _) = bed.kubeconfig("crashy").await;
+    let (path, _) = bed.tenant_kubeconfig("crashy").await;
     let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns", "default"]);
     assert!(ok, "{out}");
 }
@@ -501,7 +430,7 @@ async fn controller_killed_while_provisioning_converges_without_duplicates() {
 async fn postgres_outage_makes_tenants_unavailable_then_they_recover_intact() {
     let mut bed = Bed::start(&[("HOSTPLANE_HEALTH_CHECK_SECONDS", "3")]).await;
     bed.create("steady", "").await;
-    let (path, _) = bed.kubeconfig("steady").await;
+    let (path, _) = bed.tenant_kubeconfig("steady").await;
     let (ok, out) = kubectl_with(
         kubectl(),
         &path,
@@ -526,14 +455,7 @@ async fn postgres_outage_makes_tenants_unavailable_then_they_recover_intact() {
     );
 
     bed.postgres.start_again().await;
-    wait_ready_state(
-        &bed.cps(),
-        "steady",
-        "True",
-        Some("Available"),
-        READY_TIMEOUT,
-    )
-    .await;
+    bed.available("steady").await;
     let (ok, out) = kubectl_with(
         kubectl(),
         &path,
@@ -596,7 +518,7 @@ async fn unsatisfiable_specs_get_a_reason_and_recover_when_fixed() {
         condition(&cp, "Ready").unwrap().2,
         "Secret default/byo-db named by datastoreSecretRef does not exist"
     );
-    let (ok, out) = bed.host_kubectl(&["describe", "cp", "byo"], None);
+    let (ok, out) = bed.kubectl(&["describe", "cp", "byo"], None);
     assert!(
         ok && out.contains("DatastoreSecretInvalid"),
         "no Event for the missing Secret: {out}"
@@ -614,7 +536,7 @@ async fn unsatisfiable_specs_get_a_reason_and_recover_when_fixed() {
         "postgres://byo:byo-pass@127.0.0.1:{}/byo?sslmode=disable",
         bed.postgres.port()
     );
-    let (ok, out) = bed.host_kubectl(
+    let (ok, out) = bed.kubectl(
         &[
             "-n",
             "default",
@@ -631,7 +553,7 @@ async fn unsatisfiable_specs_get_a_reason_and_recover_when_fixed() {
     assert_eq!(cp.status.unwrap().datastore.unwrap().kind, "external");
 
     // Deleting it never drops the user's database.
-    let (ok, out) = bed.host_kubectl(&["delete", "cp", "byo", "--timeout=120s"], None);
+    let (ok, out) = bed.kubectl(&["delete", "cp", "byo", "--timeout=120s"], None);
     assert!(ok, "{out}");
     let kept: i64 = admin
         .query_one(
@@ -657,7 +579,7 @@ async fn teardown_interrupted_by_a_controller_crash_resumes() {
         .database
         .unwrap();
     let dir = bed.tenant_dir(&cp);
-    let (ok, out) = bed.host_kubectl(&["delete", "cp", "doomed", "--wait=false"], None);
+    let (ok, out) = bed.kubectl(&["delete", "cp", "doomed", "--wait=false"], None);
     assert!(ok, "{out}");
     // Crash in the middle of the teardown, then start again.
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -774,24 +696,11 @@ async fn cli_creates_lists_hands_out_kubeconfigs_and_deletes() {
 async fn kubectl_reaches_tenants_through_the_sni_proxy() {
     let port = hostplane_tests::free_port();
     let address = format!("127.0.0.1:{port}");
-    let metrics_address = format!("127.0.0.1:{}", hostplane_tests::free_port());
-    // The proxy's /metrics as Prometheus scrapes it.
-    let metrics = || -> String {
-        use std::io::{Read, Write};
-        let mut tcp = std::net::TcpStream::connect(&metrics_address).expect("proxy /metrics");
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut answer = String::new();
-        tcp.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        answer
-    };
-    // One series' value (0 before it is first counted).
-    let scrape = |series: &str| -> u64 {
-        metrics()
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0)
+    let metrics_port = hostplane_tests::free_port();
+    let metrics_address = format!("127.0.0.1:{metrics_port}");
+    // One series' value on the proxy's /metrics (0 before it is first counted).
+    let scrape = async |series: &str| {
+        metric_value(&scrape_metrics(metrics_port).await, series).unwrap_or(0.0)
     };
     let unknown_name = r#"hostplane_proxy_connections_total{tenant="unknown",result="rejected",reason="unknown_server_name"}"#;
     let bed = Bed::start(&[
@@ -799,34 +708,10 @@ async fn kubectl_reaches_tenants_through_the_sni_proxy() {
         ("HOSTPLANE_TENANT_DOMAIN", "tenants.test"),
     ])
     .await;
-    let log = std::fs::File::create(bed.controller.state_dir.join("proxy.log")).unwrap();
-    let mut proxy = std::process::Command::new(env!("CARGO_BIN_EXE_hostplane"))
-        .args([
-            "proxy",
-            "--listen",
-            &address,
-            "--tenant-domain",
-            "tenants.test",
-            "--no-download",
-            "--metrics-listen",
-            &metrics_address,
-        ])
-        .env("KUBECONFIG", bed.host.kubeconfig_path())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    struct KillOnDrop<'a>(&'a mut std::process::Child);
-    impl Drop for KillOnDrop<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _proxy = KillOnDrop(&mut proxy);
+    let _proxy = sni_proxy(&bed, &address, &["--metrics-listen", &metrics_address]);
 
     let cp = bed.create("via-proxy", "").await;
-    let (path, text) = bed.kubeconfig("via-proxy").await;
+    let (path, text) = bed.tenant_kubeconfig("via-proxy").await;
     let config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     assert_eq!(
         config["clusters"][0]["cluster"]["server"],
@@ -836,12 +721,8 @@ async fn kubectl_reaches_tenants_through_the_sni_proxy() {
         config["clusters"][0]["cluster"]["tls-server-name"],
         "via-proxy.tenants.test"
     );
-    let secret = Api::<Secret>::namespaced(bed.host.client(), "via-proxy-system")
-        .get("admin-kubeconfig")
-        .await
-        .unwrap();
     let incluster =
-        String::from_utf8(secret.data.unwrap()["kubeconfig-incluster"].0.clone()).unwrap();
+        handed_out_kubeconfig(&bed.host.client(), "via-proxy", "kubeconfig-incluster").await;
     assert!(
         incluster.contains(cp.status.unwrap().endpoint.as_deref().unwrap()),
         "in-cluster kubeconfig should dial the tenant directly"
@@ -864,7 +745,7 @@ async fn kubectl_reaches_tenants_through_the_sni_proxy() {
     let routed_a =
         r#"hostplane_proxy_connections_total{tenant="via-proxy",result="routed",reason="ok"}"#;
     assert!(
-        scrape(routed_a) > 0,
+        scrape(routed_a).await > 0.0,
         "kubectl's connections not counted for its tenant"
     );
 
@@ -875,20 +756,20 @@ async fn kubectl_reaches_tenants_through_the_sni_proxy() {
         text.replace("via-proxy.tenants.test", "nobody.tenants.test"),
     )
     .unwrap();
-    let unknown_before = scrape(unknown_name);
+    let unknown_before = scrape(unknown_name).await;
     let (ok, out) = kubectl_with(kubectl(), &stranger, &["get", "ns"]);
     assert!(!ok, "an unknown tenant name was served: {out}");
     assert!(
-        scrape(unknown_name) > unknown_before,
+        scrape(unknown_name).await > unknown_before,
         "the wrong server name was not counted as unknown"
     );
     // Names that clients make up never become label values.
-    let exposed = metrics();
+    let exposed = scrape_metrics(metrics_port).await;
     assert!(!exposed.contains("nobody"), "{exposed}");
 
     // A second tenant behind the same port: each name reaches its own API server.
     bed.create("via-proxy-b", "").await;
-    let (path_b, text_b) = bed.kubeconfig("via-proxy-b").await;
+    let (path_b, text_b) = bed.tenant_kubeconfig("via-proxy-b").await;
     assert!(text_b.contains(&format!("https://{address}")));
     let (ok, out) = kubectl_with(kubectl(), &path, &["create", "namespace", "only-in-a"]);
     assert!(ok, "{out}");
@@ -910,16 +791,16 @@ async fn kubectl_reaches_tenants_through_the_sni_proxy() {
     }
 
     // Deleting a tenant removes its route; the other stays reachable.
-    let (ok, out) = bed.host_kubectl(&["delete", "cp", "via-proxy", "--timeout=120s"], None);
+    let (ok, out) = bed.kubectl(&["delete", "cp", "via-proxy", "--timeout=120s"], None);
     assert!(ok, "{out}");
     // Refused as a name without a route (not merely a route to a stopped backend, which would
     // count as backend_connect), once the proxy's watch has seen the deletion.
-    let unknown_before = scrape(unknown_name);
+    let unknown_before = scrape(unknown_name).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (ok, out) = kubectl_with(kubectl(), &path, &["get", "ns", "--request-timeout=5s"]);
         assert!(!ok, "a deleted tenant is still reachable: {out}");
-        if scrape(unknown_name) > unknown_before {
+        if scrape(unknown_name).await > unknown_before {
             break;
         }
         assert!(
@@ -999,7 +880,7 @@ async fn post_create_hooks_are_applied_tracked_and_repaired() {
     );
     assert_eq!(status.post_create_hooks.get("greeter"), Some(&false));
     assert!(!status.post_create_hook_completed);
-    let (_, out) = bed.host_kubectl(&["describe", "cp", "hooked"], None);
+    let (_, out) = bed.kubectl(&["describe", "cp", "hooked"], None);
     assert!(
         out.contains("HookNotFound"),
         "no Event for the missing hook: {out}"
@@ -1077,7 +958,7 @@ spec:
     }
 
     // Drift: a deleted hook object comes back.
-    let (ok, out) = bed.host_kubectl(
+    let (ok, out) = bed.kubectl(
         &[
             "-n",
             "hooked-system",
@@ -1103,36 +984,18 @@ spec:
     }
 }
 
-/// `hostplane proxy` as a subprocess, killed on drop; its log goes to the controller's state dir.
-struct ProxyProcess(std::process::Child);
-
-impl ProxyProcess {
-    fn start(bed: &Bed, address: &str, extra_args: &[&str]) -> Self {
-        let log = std::fs::File::create(bed.controller.state_dir.join("proxy.log")).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hostplane"))
-            .args([
-                "proxy",
-                "--listen",
-                address,
-                "--tenant-domain",
-                "tenants.test",
-                "--no-download",
-            ])
-            .args(extra_args)
-            .env("KUBECONFIG", bed.host.kubeconfig_path())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A `hostplane proxy` on `address` for the bed's tenants under `tenants.test` (no download
+/// endpoint), stopped when dropped; its log goes to the controller's state dir.
+fn sni_proxy(bed: &ControllerBed, address: &str, extra_args: &[&str]) -> ProxyProcess {
+    let mut args = vec![
+        "--listen",
+        address,
+        "--tenant-domain",
+        "tenants.test",
+        "--no-download",
+    ];
+    args.extend_from_slice(extra_args);
+    ProxyProcess::start(&bed.host, bed.controller.state_dir.join("proxy.log"), &args)
 }
 
 /// Resident memory of a process in KiB (0 when it is gone).
@@ -1161,12 +1024,12 @@ async fn idle_tenants_hibernate_and_wake_on_the_first_connection() {
         ("HOSTPLANE_TENANT_DOMAIN", "tenants.test"),
     ])
     .await;
-    let _proxy = ProxyProcess::start(&bed, &address, &["--activity-interval-seconds", "1"]);
+    let _proxy = sni_proxy(&bed, &address, &["--activity-interval-seconds", "1"]);
     let api = bed.cps();
     let cp = bed
         .create("sleepy", "  hibernation:\n    idleAfterSeconds: 6\n")
         .await;
-    let (path, _) = bed.kubeconfig("sleepy").await;
+    let (path, _) = bed.tenant_kubeconfig("sleepy").await;
     let dir = bed.tenant_dir(&cp);
 
     // Traffic through the proxy keeps it awake: write data while it is up.
@@ -1220,10 +1083,10 @@ async fn idle_tenants_hibernate_and_wake_on_the_first_connection() {
     )
     .await;
     assert!(hibernated.status.as_ref().unwrap().hibernated_at.is_some());
-    wait_for(
-        "the tenant processes to stop",
+    wait_until(
         Duration::from_secs(30),
-        || pids.iter().all(|p| !alive(*p)),
+        "the tenant processes to stop",
+        async || pids.iter().all(|p| !alive(*p)),
     )
     .await;
     // Memory freed: nothing of the tenant is left resident, recorded or not, and no pid file
@@ -1238,14 +1101,14 @@ async fn idle_tenants_hibernate_and_wake_on_the_first_connection() {
         leftovers.is_empty(),
         "tenant processes still run after hibernation: {leftovers:?}"
     );
-    wait_for(
-        "the pid files to be removed",
+    wait_until(
         Duration::from_secs(10),
-        || recorded_pids(&dir).is_empty(),
+        "the pid files to be removed",
+        async || recorded_pids(&dir).is_empty(),
     )
     .await;
     eprintln!("hibernation freed {} MiB of resident memory", rss / 1024);
-    let (_, out) = bed.host_kubectl(&["describe", "cp", "sleepy"], None);
+    let (_, out) = bed.kubectl(&["describe", "cp", "sleepy"], None);
     assert!(out.contains("Hibernated"), "no Hibernated Event: {out}");
 
     // The first connection wakes it and is served; the data is intact.
@@ -1278,18 +1141,11 @@ async fn idle_tenants_hibernate_and_wake_on_the_first_connection() {
     assert!(pid_of(&dir, "kube-apiserver").is_some_and(alive));
 
     // Paused: hibernated at once and connections are refused, not waking it.
-    let (ok, out) = bed.host_kubectl(
-        &[
-            "patch",
-            "cp",
-            "sleepy",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"hibernation":{"paused":true}}}"#,
-        ],
-        None,
+    bed.patch_cp(
+        "sleepy",
+        "merge",
+        r#"{"spec":{"hibernation":{"paused":true}}}"#,
     );
-    assert!(ok, "{out}");
     wait_ready_state(
         &api,
         "sleepy",
@@ -1306,18 +1162,11 @@ async fn idle_tenants_hibernate_and_wake_on_the_first_connection() {
     assert!(pid_of(&dir, "kube-apiserver").is_none_or(|p| !alive(p)));
 
     // Unpaused: the next connection wakes it again.
-    let (ok, out) = bed.host_kubectl(
-        &[
-            "patch",
-            "cp",
-            "sleepy",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"hibernation":{"paused":false}}}"#,
-        ],
-        None,
+    bed.patch_cp(
+        "sleepy",
+        "merge",
+        r#"{"spec":{"hibernation":{"paused":false}}}"#,
     );
-    assert!(ok, "{out}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (ok, out) = kubectl_with(
         kubectl(),
@@ -1457,18 +1306,11 @@ spec:
             command: ["sleep", "3600"]
 "#,
     );
-    let (ok, out) = bed.host_kubectl(
-        &[
-            "patch",
-            "cp",
-            "jobbed",
-            "--type=json",
-            "-p",
-            r#"[{"op":"add","path":"/spec/postCreateHooks/-","value":{"hookName":"slow"}}]"#,
-        ],
-        None,
+    bed.patch_cp(
+        "jobbed",
+        "json",
+        r#"[{"op":"add","path":"/spec/postCreateHooks/-","value":{"hookName":"slow"}}]"#,
     );
-    assert!(ok, "{out}");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let cp = api.get("jobbed").await.unwrap();
@@ -1496,23 +1338,16 @@ spec:
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let (_, out) = bed.host_kubectl(&["describe", "cp", "jobbed"], None);
+    let (_, out) = bed.kubectl(&["describe", "cp", "jobbed"], None);
     assert!(
         out.contains("HookTimedOut"),
         "no Event for the timeout: {out}"
     );
-    let (ok, out) = bed.host_kubectl(
-        &[
-            "patch",
-            "cp",
-            "jobbed",
-            "--type=json",
-            "-p",
-            r#"[{"op":"remove","path":"/spec/postCreateHooks/2"}]"#,
-        ],
-        None,
+    bed.patch_cp(
+        "jobbed",
+        "json",
+        r#"[{"op":"remove","path":"/spec/postCreateHooks/2"}]"#,
     );
-    assert!(ok, "{out}");
     wait_ready_state(
         &api,
         "jobbed",
@@ -1523,18 +1358,11 @@ spec:
     .await;
 
     // A hook dropped from the spec: its objects go.
-    let (ok, out) = bed.host_kubectl(
-        &[
-            "patch",
-            "cp",
-            "jobbed",
-            "--type=json",
-            "-p",
-            r#"[{"op":"remove","path":"/spec/postCreateHooks/1"}]"#,
-        ],
-        None,
+    bed.patch_cp(
+        "jobbed",
+        "json",
+        r#"[{"op":"remove","path":"/spec/postCreateHooks/1"}]"#,
     );
-    assert!(ok, "{out}");
     let configmaps = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(
         bed.host.client(),
         "jobbed-system",
@@ -1551,7 +1379,7 @@ spec:
     // Deleting the tenant removes the cluster-scoped ClusterRole too.
     let roles = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(bed.host.client());
     assert!(roles.get_opt("jobbed-reader").await.unwrap().is_some());
-    let (ok, out) = bed.host_kubectl(&["delete", "cp", "jobbed", "--timeout=120s"], None);
+    let (ok, out) = bed.kubectl(&["delete", "cp", "jobbed", "--timeout=120s"], None);
     assert!(ok, "{out}");
     assert!(
         roles.get_opt("jobbed-reader").await.unwrap().is_none(),
@@ -1586,7 +1414,7 @@ async fn kubevirt_nodes_hook_makes_joinable_vms_and_scales_up_and_down() {
         ],
     )
     .await;
-    let _proxy = SniProxy::start(&bed, &address);
+    let _proxy = sni_proxy(&bed, &address, &[]);
     install_kubevirt_crd(&bed.host).await;
 
     let out = bed.host.run_kubectl_with_stdin(
@@ -1608,13 +1436,14 @@ async fn kubevirt_nodes_hook_makes_joinable_vms_and_scales_up_and_down() {
 
     // What the VM's cloud-init runs: kubeadm join through the proxy name, with a token that
     // exists in the tenant and the tenant CA's pin.
-    let tenant = tenant_admin_client(&bed.host.client(), "workers").await;
+    // A cluster-admin client straight to the tenant (the in-cluster kubeconfig, not the proxy).
+    let tenant = tenant_client(&bed.host.client(), "workers", "kubeconfig-incluster").await;
     let tokens = Api::<Secret>::namespaced(tenant.clone(), "kube-system");
     let join0 = vm_join(&vms, "workers-node-0").await;
     assert_eq!(join0.endpoint, format!("workers.tenants.test:{port}"));
     assert_live_token(&tokens, &join0.token).await;
     // A tenant with workers schedules pods.
-    let dir = cp_tenant_dir(&bed, &cp);
+    let dir = bed.tenant_dir(&cp);
     assert!(
         pid_of(&dir, "kube-scheduler").is_some_and(alive),
         "no kube-scheduler"
@@ -1694,9 +1523,10 @@ async fn kubevirt_nodes_hook_makes_joinable_vms_and_scales_up_and_down() {
     .unwrap();
     pdbs.create(&pp, &pdb).await.unwrap();
     // The tenant's disruption controller counts the pod healthy: no disruption allowed.
-    wait_for_async(
+    wait_until(
+        Duration::from_secs(60),
         "the PodDisruptionBudget to count the guarded pod",
-        || async {
+        async || {
             let status = pdbs
                 .get("guarded")
                 .await
@@ -1747,15 +1577,19 @@ async fn kubevirt_nodes_hook_makes_joinable_vms_and_scales_up_and_down() {
     );
     assert!(vms.get_opt("workers-node-2").await.unwrap().is_some());
     // The pending removal is recorded (written at the end of the pass that retired node 1).
-    wait_for_async("status.retiringNodes to list workers-node-2", || async {
-        let status = cps.get("workers").await.unwrap().status.unwrap();
-        let retiring: Vec<String> = status
-            .retiring_nodes
-            .into_iter()
-            .map(|vm| vm.name)
-            .collect();
-        retiring == ["workers-node-2"]
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "status.retiringNodes to list workers-node-2",
+        async || {
+            let status = cps.get("workers").await.unwrap().status.unwrap();
+            let retiring: Vec<String> = status
+                .retiring_nodes
+                .into_iter()
+                .map(|vm| vm.name)
+                .collect();
+            retiring == ["workers-node-2"]
+        },
+    )
     .await;
 
     // Its VM is deleted behind the controller's back (the race): the pending removal is kept in
@@ -1785,39 +1619,18 @@ async fn kubevirt_nodes_hook_makes_joinable_vms_and_scales_up_and_down() {
         pod_gone_after >= Duration::from_secs(DRAIN_TIMEOUT_SECONDS - 2),
         "the budget was not respected until the drain timeout: gone after {pod_gone_after:?}"
     );
-    wait_for_async("status.retiringNodes to empty", || async {
-        let status = cps.get("workers").await.unwrap().status.unwrap();
-        status.retiring_nodes.is_empty()
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "status.retiringNodes to empty",
+        async || {
+            let status = cps.get("workers").await.unwrap().status.unwrap();
+            status.retiring_nodes.is_empty()
+        },
+    )
     .await;
     wait_vm_names(&vms, &["workers-node-0"]).await;
     let node0 = nodes.get("workers-node-0").await.unwrap();
     assert_ne!(node0.spec.and_then(|s| s.unschedulable), Some(true));
-}
-
-/// A `hostplane proxy` on `address` for the bed's tenants, stopped when dropped.
-struct SniProxy(std::process::Child);
-
-impl SniProxy {
-    fn start(bed: &ControllerBed, address: &str) -> Self {
-        let log = std::fs::File::create(bed.controller.state_dir.join("proxy.log")).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hostplane"))
-            .args(["proxy", "--listen", address])
-            .args(["--tenant-domain", "tenants.test", "--no-download"])
-            .env("KUBECONFIG", bed.host.kubeconfig_path())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-}
-
-impl Drop for SniProxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// KubeVirt's VirtualMachine CRD on the host, as KubeVirt installs it, served before returning.
@@ -1839,39 +1652,11 @@ async fn install_kubevirt_crd(host: &KubeApiserver) {
     .unwrap();
 }
 
-fn cp_tenant_dir(bed: &ControllerBed, cp: &ControlPlane) -> PathBuf {
-    let uid = cp.metadata.uid.clone().unwrap();
-    bed.controller.state_dir.join("tenants").join(format!(
-        "{}-{}",
-        cp.metadata.name.clone().unwrap(),
-        uid.split('-').next().unwrap()
-    ))
-}
-
-/// A cluster-admin client straight to the tenant (the in-cluster kubeconfig, not the proxy).
-async fn tenant_admin_client(host: &kube::Client, name: &str) -> kube::Client {
-    let secret = Api::<Secret>::namespaced(host.clone(), &format!("{name}-system"))
-        .get("admin-kubeconfig")
-        .await
-        .unwrap();
-    let text = String::from_utf8(secret.data.unwrap()["kubeconfig-incluster"].0.clone()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::from_yaml(&text).unwrap(),
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
-    kube::Client::try_from(config).unwrap()
-}
-
 fn patch_node_count(bed: &ControllerBed, count: &str) {
     let patch = format!(
         r#"[{{"op":"replace","path":"/spec/postCreateHooks/0/vars/node_count","value":"{count}"}}]"#
     );
-    let out = bed
-        .host
-        .run_kubectl(&["patch", "cp", "workers", "--type=json", "-p", &patch]);
-    assert!(out.success(), "{}", out.combined());
+    bed.patch_cp("workers", "json", &patch);
 }
 
 async fn wait_vm_names(vms: &Api<kube::api::DynamicObject>, want: &[&str]) {
@@ -1892,21 +1677,6 @@ async fn wait_vm_names(vms: &Api<kube::api::DynamicObject>, want: &[&str]) {
         assert!(
             std::time::Instant::now() < deadline,
             "VMs are {names:?}, not {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-async fn wait_for_async<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -1998,7 +1768,7 @@ fn complete_job(bed: &Bed, namespace: &str, name: &str) {
     let status = format!(
         r#"{{"status":{{"startTime":"{now}","completionTime":"{now}","succeeded":1,"conditions":[{{"type":"SuccessCriteriaMet","status":"True","lastTransitionTime":"{now}"}},{{"type":"Complete","status":"True","lastTransitionTime":"{now}"}}]}}}}"#
     );
-    let (ok, out) = bed.host_kubectl(
+    let (ok, out) = bed.kubectl(
         &[
             "-n",
             namespace,

@@ -4,16 +4,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use hostplane_crds::{ControlPlane, UsageStatus};
-use hostplane_tests::{Binaries, Etcd, Postgres, free_port, http_get, wait_until};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use hostplane_crds::UsageStatus;
+use hostplane_tests::{Binaries, Etcd, Postgres, free_port, wait_until};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(240);
 /// Sampling interval of these tests' controllers, in seconds.
 const INTERVAL: &str = "2";
 /// How long a figure may take to show a change: a few intervals, and the API server's own
@@ -55,50 +51,10 @@ impl Bed {
         }
     }
 
-    fn cps(&self) -> Api<ControlPlane> {
-        self.bed.cps()
-    }
-
-    fn host_kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        let out = match stdin {
-            Some(input) => self.bed.host.run_kubectl_with_stdin(args, input),
-            None => self.bed.host.run_kubectl(args),
-        };
-        (out.success(), out.combined())
-    }
-
-    fn apply_cp(&self, name: &str, extra_spec: &str) {
-        let yaml = format!(
-            "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: {name}\nspec:\n  type: k8s\n{extra_spec}"
-        );
-        let (ok, out) = self.host_kubectl(&["apply", "-f", "-"], Some(&yaml));
-        assert!(ok, "kubectl apply failed: {out}");
-    }
-
-    async fn ready(&self, name: &str) -> ControlPlane {
-        wait_ready_state(&self.cps(), name, "True", Some("Available"), READY_TIMEOUT).await
-    }
-
-    /// The tenant's handed-out kubeconfig, written to a file as a user would.
-    async fn kubeconfig(&self, name: &str) -> PathBuf {
-        let secret = Api::<Secret>::namespaced(self.bed.host.client(), &format!("{name}-system"))
-            .get("admin-kubeconfig")
-            .await
-            .unwrap();
-        let text = String::from_utf8(secret.data.unwrap()["kubeconfig"].0.clone()).unwrap();
-        let path = self
-            .bed
-            .controller
-            .state_dir
-            .join(format!("{name}.kubeconfig"));
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
     /// Creates `CONFIGMAPS` ConfigMaps of `DATA_BYTES` each in the tenant's `default`
     /// namespace (`kubectl create`: no last-applied annotation doubling each one).
     async fn write_configmaps(&self, name: &str) {
-        let kubeconfig = self.kubeconfig(name).await;
+        let (kubeconfig, _) = self.tenant_kubeconfig(name).await;
         let data = "x".repeat(DATA_BYTES as usize);
         let items: Vec<serde_json::Value> = (0..CONFIGMAPS)
             .map(|i| {
@@ -195,7 +151,7 @@ impl Bed {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostplane"))
             .arg("usage")
             .args(args)
-            .env("KUBECONFIG", self.bed.host.kubeconfig_path())
+            .env("KUBECONFIG", self.host.kubeconfig_path())
             .output()
             .expect("hostplane runs");
         assert!(
@@ -208,24 +164,20 @@ impl Bed {
 
     /// Hibernates the tenant (`spec.hibernation.paused`).
     fn pause(&self, name: &str) {
-        let (ok, out) = self.host_kubectl(
-            &[
-                "patch",
-                "cp",
-                name,
-                "--type=merge",
-                "-p",
-                r#"{"spec":{"hibernation":{"paused":true}}}"#,
-            ],
-            None,
-        );
-        assert!(ok, "pausing {name}: {out}");
+        self.patch_cp(name, "merge", r#"{"spec":{"hibernation":{"paused":true}}}"#);
     }
 
     async fn controller_metrics(&self) -> String {
-        let (status, body) = http_get(self.metrics_port, "/metrics").await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        body
+        scrape_metrics(self.metrics_port).await
+    }
+}
+
+/// The host, the controller and their helpers, as in every other suite.
+impl std::ops::Deref for Bed {
+    type Target = ControllerBed;
+
+    fn deref(&self) -> &ControllerBed {
+        &self.bed
     }
 }
 
@@ -256,8 +208,8 @@ async fn usage_on_shared_postgres_is_sampled_per_tenant_into_status_metrics_and_
     let bed = Bed::start(Some(Postgres::start().await)).await;
     bed.apply_cp("busy", "");
     bed.apply_cp("quiet", "");
-    bed.ready("busy").await;
-    bed.ready("quiet").await;
+    bed.available("busy").await;
+    bed.available("quiet").await;
 
     // Every tenant gets its own figures, from its own processes and database.
     let running = |u: &UsageStatus| {
@@ -409,7 +361,7 @@ async fn usage_on_shared_postgres_is_sampled_per_tenant_into_status_metrics_and_
     );
 
     // A deleted tenant's series go with it.
-    let (ok, out) = bed.host_kubectl(&["delete", "cp", "quiet", "--timeout=120s"], None);
+    let (ok, out) = bed.kubectl(&["delete", "cp", "quiet", "--timeout=120s"], None);
     assert!(ok, "{out}");
     wait_until(SAMPLE_TIMEOUT, "quiet's series to go", async || {
         !bed.controller_metrics().await.contains("tenant=\"quiet\"")
@@ -424,8 +376,8 @@ async fn usage_of_sqlite_and_dedicated_etcd_tenants_grows_with_their_writes() {
     let bed = Bed::start(None).await;
     bed.apply_cp("lite", "");
     bed.apply_cp("own", "  backend: dedicated\n");
-    bed.ready("lite").await;
-    bed.ready("own").await;
+    bed.available("lite").await;
+    bed.available("own").await;
 
     for name in ["lite", "own"] {
         let before = bed
@@ -487,7 +439,7 @@ async fn usage_of_sqlite_and_dedicated_etcd_tenants_grows_with_their_writes() {
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hostplane"))
         .args(["usage", "nosuch"])
-        .env("KUBECONFIG", bed.bed.host.kubeconfig_path())
+        .env("KUBECONFIG", bed.host.kubeconfig_path())
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -505,8 +457,8 @@ async fn usage_on_the_shared_etcd_counts_the_tenants_prefix_only() {
     let bed = Bed::start_with(None, &env).await;
     bed.apply_cp("left", "");
     bed.apply_cp("right", "");
-    bed.ready("left").await;
-    bed.ready("right").await;
+    bed.available("left").await;
+    bed.available("right").await;
 
     let running = |u: &UsageStatus| u.objects > 0 && u.storage_bytes > 0;
     bed.usage_where("left", "running figures", running).await;

@@ -2,10 +2,11 @@
 //!
 //! Every series of a tenant carries its name, taken from the route table only: never whatever a
 //! client put in SNI, so that clients cannot grow the series without bound. Connections that
-//! found no tenant (no usable hello, an unknown name) are counted under [`UNKNOWN_TENANT`].
+//! found no tenant (no usable hello, an unknown name) are counted under [`UNKNOWN_TENANT`]. A
+//! deleted tenant's series are removed with its route, so that they do not pile up either.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -59,9 +60,19 @@ pub struct ProxyMetrics {
     active: Gauge,
     wakes: Family<TenantLabels, Counter>,
     wait_seconds: Histogram,
-    /// The `tenant` label values counted so far (bounded by the route table), so that totals
-    /// over tenants can be read back: a [`Family`] cannot be iterated.
-    tenants: Arc<Mutex<BTreeSet<String>>>,
+    /// The label sets counted so far for each tenant a route named (bounded by the route table),
+    /// so that totals over tenants can be read back and a deleted tenant's series removed: a
+    /// [`Family`] cannot be iterated.
+    tenants: Arc<Mutex<BTreeMap<String, TenantSeries>>>,
+}
+
+/// The label sets of one tenant's series, besides its `tenant` label.
+#[derive(Debug, Default)]
+struct TenantSeries {
+    /// (result, reason) of its connections.
+    connections: BTreeSet<(&'static str, &'static str)>,
+    /// Reasons of its errors.
+    errors: BTreeSet<&'static str>,
 }
 
 impl Default for ProxyMetrics {
@@ -119,9 +130,10 @@ impl ProxyMetrics {
     }
 
     pub(crate) fn count_wake(&self, tenant: &str) {
+        self.note_series(tenant, |_| {});
         self.wakes
             .get_or_create(&TenantLabels {
-                tenant: self.tenant_label(tenant),
+                tenant: tenant.to_string(),
             })
             .inc();
     }
@@ -146,7 +158,12 @@ impl ProxyMetrics {
         result: &'static str,
         reason: &'static str,
     ) {
-        let tenant = self.tenant_label(tenant.unwrap_or(UNKNOWN_TENANT));
+        if let Some(tenant) = tenant {
+            self.note_series(tenant, |series| {
+                series.connections.insert((result, reason));
+            });
+        }
+        let tenant = tenant.unwrap_or(UNKNOWN_TENANT).to_string();
         self.connections
             .get_or_create(&ConnectionLabels {
                 tenant,
@@ -158,7 +175,12 @@ impl ProxyMetrics {
 
     /// Counts an error; `tenant` is `None` when the connection reached no route.
     pub(crate) fn count_error(&self, tenant: Option<&str>, reason: &'static str) {
-        let tenant = self.tenant_label(tenant.unwrap_or(UNKNOWN_TENANT));
+        if let Some(tenant) = tenant {
+            self.note_series(tenant, |series| {
+                series.errors.insert(reason);
+            });
+        }
+        let tenant = tenant.unwrap_or(UNKNOWN_TENANT).to_string();
         self.errors
             .get_or_create(&ErrorLabels { tenant, reason })
             .inc();
@@ -239,18 +261,60 @@ impl ProxyMetrics {
         self.active.get()
     }
 
-    /// Remembers a tenant label value and returns it owned, for a label set.
-    fn tenant_label(&self, tenant: &str) -> String {
-        let mut tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
-        if !tenants.contains(tenant) {
-            tenants.insert(tenant.to_string());
-        }
-        tenant.to_string()
+    /// The tenants with series of their own: those routes named, not yet removed.
+    pub fn tenants(&self) -> Vec<String> {
+        self.lock_tenants().keys().cloned().collect()
     }
 
-    fn known_tenants(&self) -> Vec<String> {
-        let tenants = self.tenants.lock().unwrap_or_else(PoisonError::into_inner);
-        tenants.iter().cloned().collect()
+    /// Removes the series of a deleted tenant: those labelled with its name, and the bytes of
+    /// its server name. Connections for [`UNKNOWN_TENANT`] that reached no route stay.
+    pub fn remove_tenant(&self, tenant: &str, server_name: &str) {
+        let series = self.lock_tenants().remove(tenant).unwrap_or_default();
+        for (result, reason) in series.connections {
+            self.connections.remove(&ConnectionLabels {
+                tenant: tenant.to_string(),
+                result,
+                reason,
+            });
+        }
+        for reason in series.errors {
+            self.errors.remove(&ErrorLabels {
+                tenant: tenant.to_string(),
+                reason,
+            });
+        }
+        self.wakes.remove(&TenantLabels {
+            tenant: tenant.to_string(),
+        });
+        for direction in [DIRECTION_IN, DIRECTION_OUT] {
+            self.bytes.remove(&TrafficLabels {
+                server_name: server_name.to_string(),
+                direction,
+            });
+        }
+    }
+
+    /// Records that `tenant` has series, and which: `record` notes the label sets.
+    fn note_series(&self, tenant: &str, record: impl FnOnce(&mut TenantSeries)) {
+        let mut tenants = self.lock_tenants();
+        // Looked up first: a tenant's name is copied once, not on every connection.
+        if !tenants.contains_key(tenant) {
+            tenants.insert(tenant.to_string(), TenantSeries::default());
+        }
+        if let Some(series) = tenants.get_mut(tenant) {
+            record(series);
+        }
+    }
+
+    /// Every `tenant` label value in use: the routed tenants and [`UNKNOWN_TENANT`].
+    fn known_tenants(&self) -> BTreeSet<String> {
+        let mut known: BTreeSet<String> = self.lock_tenants().keys().cloned().collect();
+        known.insert(UNKNOWN_TENANT.to_string());
+        known
+    }
+
+    fn lock_tenants(&self) -> MutexGuard<'_, BTreeMap<String, TenantSeries>> {
+        self.tenants.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

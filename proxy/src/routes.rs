@@ -1,6 +1,7 @@
 //! The route table fed by a watch on ControlPlanes: `<name>.<tenant domain>` → the tenant API
 //! server's endpoint from `status.endpoint`. Tenants appear and disappear without a restart.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tracing::{debug, info, warn};
 
+use crate::metrics::ProxyMetrics;
 use crate::table::{Route, RouteMap, RouteState};
 
 /// The host name a tenant is reached by through the proxy.
@@ -52,9 +54,15 @@ pub fn route_of(cp: &ControlPlane, domain: &str) -> Option<(String, Route)> {
 }
 
 /// Keeps `routes` equal to the ControlPlanes' endpoints until the watch ends (it restarts
-/// itself with backoff on errors, as kube's watcher does). Wake requests from the route table
-/// become the `wake-requested` annotation on the ControlPlane.
-pub async fn follow_controlplanes(client: kube::Client, domain: String, routes: Arc<RouteMap>) {
+/// itself with backoff on errors, as kube's watcher does), and removes a deleted tenant's series
+/// from `metrics` with its route. Wake requests from the route table become the
+/// `wake-requested` annotation on the ControlPlane.
+pub async fn follow_controlplanes(
+    client: kube::Client,
+    domain: String,
+    routes: Arc<RouteMap>,
+    metrics: ProxyMetrics,
+) {
     let api = Api::<ControlPlane>::all(client);
     let waker_api = api.clone();
     routes.set_waker(Arc::new(move |tenant: &str| {
@@ -66,44 +74,95 @@ pub async fn follow_controlplanes(client: kube::Client, domain: String, routes: 
             }
         });
     }));
-    let mut pending: Vec<(String, Route)> = Vec::new();
+    let mut follower = RouteFollower::new(domain, routes, metrics);
     let mut events = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
     while let Some(event) = events.next().await {
         match event {
-            Ok(Event::Apply(cp)) => match route_of(&cp, &domain) {
+            Ok(event) => follower.apply(event),
+            Err(e) => warn!(error = %e, "ControlPlane watch failed; retrying"),
+        }
+    }
+}
+
+/// Applies ControlPlane watch events to the route table and the metrics.
+struct RouteFollower {
+    domain: String,
+    routes: Arc<RouteMap>,
+    metrics: ProxyMetrics,
+    /// Routes listed since the watch (re)started, applied at once when the list is complete.
+    pending: Vec<(String, Route)>,
+    /// Every ControlPlane listed since the watch (re)started, with an endpoint or not.
+    listed: BTreeSet<String>,
+}
+
+impl RouteFollower {
+    fn new(domain: String, routes: Arc<RouteMap>, metrics: ProxyMetrics) -> Self {
+        Self {
+            domain,
+            routes,
+            metrics,
+            pending: Vec::new(),
+            listed: BTreeSet::new(),
+        }
+    }
+
+    fn apply(&mut self, event: Event<ControlPlane>) {
+        match event {
+            Event::Apply(cp) => match route_of(&cp, &self.domain) {
                 Some((host, route)) => {
                     let (state, backend) = (route.state, route.backend);
-                    let old = routes.insert_route(&host, route);
+                    let old = self.routes.insert_route(&host, route);
                     if old.as_ref().map(|r| (r.state, r.backend)) != Some((state, backend)) {
                         info!(%host, %backend, ?state, "route updated");
                     }
                 }
+                // No endpoint (yet): nothing to route to, but the tenant and its series stay.
                 None => {
                     if let Some(name) = cp.metadata.name.as_deref() {
-                        routes.remove(&tenant_host(name, &domain));
+                        self.routes.remove(&tenant_host(name, &self.domain));
                     }
                 }
             },
-            Ok(Event::Delete(cp)) => {
-                if let Some(name) = cp.metadata.name.as_deref()
-                    && routes.remove(&tenant_host(name, &domain)).is_some()
-                {
-                    info!(host = %tenant_host(name, &domain), "route removed");
+            Event::Delete(cp) => {
+                if let Some(name) = cp.metadata.name.as_deref() {
+                    self.remove_deleted(name);
                 }
             }
-            Ok(Event::Init) => pending.clear(),
-            Ok(Event::InitApply(cp)) => pending.extend(route_of(&cp, &domain)),
-            Ok(Event::InitDone) => {
+            Event::Init => {
+                self.pending.clear();
+                self.listed.clear();
+            }
+            Event::InitApply(cp) => {
+                self.listed.extend(cp.metadata.name.clone());
+                self.pending.extend(route_of(&cp, &self.domain));
+            }
+            Event::InitDone => {
                 info!(
-                    routes = pending.len(),
+                    routes = self.pending.len(),
                     "route table synchronised with ControlPlanes"
                 );
-                routes.replace_all(std::mem::take(&mut pending));
+                self.routes.replace_all(std::mem::take(&mut self.pending));
+                // Tenants deleted while the watch was down: no Delete event comes for them.
+                let listed = std::mem::take(&mut self.listed);
+                for tenant in self.metrics.tenants() {
+                    if !listed.contains(&tenant) {
+                        self.remove_deleted(&tenant);
+                    }
+                }
             }
-            Err(e) => warn!(error = %e, "ControlPlane watch failed; retrying"),
         }
+    }
+
+    /// Removes a deleted tenant's route and its series.
+    fn remove_deleted(&self, name: &str) {
+        let host = tenant_host(name, &self.domain);
+        if self.routes.remove(&host).is_some() {
+            info!(%host, "route removed");
+        }
+        // Server names are matched, and so labelled, in lower case.
+        self.metrics.remove_tenant(name, &host.to_ascii_lowercase());
     }
 }
 
@@ -143,6 +202,10 @@ mod tests {
         ControlPlaneCondition, ControlPlaneSpec, ControlPlaneStatus, Hibernation,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::registry::Registry;
+
+    use crate::metrics::{DIRECTION_IN, DIRECTION_OUT};
 
     fn condition(status: &str, reason: &str) -> ControlPlaneCondition {
         let t = Time("2026-11-23T12:00:00Z".parse().unwrap());
@@ -193,5 +256,106 @@ mod tests {
         assert_eq!(state(&cp), Some(RouteState::Starting));
         cp.status.as_mut().unwrap().conditions = vec![condition("False", "Unavailable")];
         assert_eq!(state(&cp), Some(RouteState::Awake));
+    }
+
+    /// A ControlPlane with an endpoint: Ready, or hibernated.
+    fn tenant(name: &str, port: u16, hibernated: bool) -> ControlPlane {
+        let mut cp = ControlPlane::new(name, ControlPlaneSpec::default());
+        let ready = if hibernated {
+            condition("False", "Hibernated")
+        } else {
+            condition("True", "Available")
+        };
+        cp.status = Some(ControlPlaneStatus {
+            endpoint: Some(format!("https://127.0.0.1:{port}")),
+            hibernated_at: hibernated.then(|| ready.last_transition_time.clone()),
+            conditions: vec![ready],
+            ..Default::default()
+        });
+        cp
+    }
+
+    /// A proxy's route table and metrics, following ControlPlanes `acme` and `other`, both
+    /// with traffic, errors and wakes counted, and a connection that reached no tenant.
+    fn follower_with_traffic() -> (RouteFollower, ProxyMetrics) {
+        let metrics = ProxyMetrics::default();
+        let routes = Arc::new(RouteMap::new());
+        let mut follower = RouteFollower::new("tenants.test".into(), routes, metrics.clone());
+        for (name, port) in [("acme", 41000), ("other", 41001)] {
+            follower.apply(Event::Apply(tenant(name, port, false)));
+            metrics.count_wake(name);
+            metrics.count_connection(Some(name), "routed", "ok");
+            metrics.count_error(Some(name), "relay_io");
+            for direction in [DIRECTION_IN, DIRECTION_OUT] {
+                metrics
+                    .traffic(&format!("{name}.tenants.test"), direction)
+                    .inc_by(100);
+            }
+        }
+        metrics.count_connection(None, "rejected", "unknown_server_name");
+        (follower, metrics)
+    }
+
+    /// The series Prometheus scrapes that name `tenant` (by its name or its server name).
+    fn series_of(metrics: &ProxyMetrics, tenant: &str) -> Vec<String> {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        text.lines()
+            .filter(|l| {
+                l.contains(&format!("tenant=\"{tenant}\""))
+                    || l.contains(&format!("server_name=\"{tenant}.tenants.test\""))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_deleted_tenants_series_go_with_its_route_and_a_hibernated_ones_stay() {
+        let (mut follower, metrics) = follower_with_traffic();
+        // Connections, errors, wakes, bytes in and out.
+        assert_eq!(
+            series_of(&metrics, "acme").len(),
+            5,
+            "{:?}",
+            series_of(&metrics, "acme")
+        );
+
+        follower.apply(Event::Apply(tenant("acme", 41000, true)));
+        assert_eq!(
+            follower.routes.route("acme.tenants.test").map(|r| r.state),
+            Some(RouteState::Hibernated)
+        );
+        assert_eq!(
+            series_of(&metrics, "acme").len(),
+            5,
+            "hibernation keeps the series"
+        );
+
+        follower.apply(Event::Delete(tenant("acme", 41000, true)));
+        assert_eq!(follower.routes.route("acme.tenants.test"), None);
+        assert_eq!(series_of(&metrics, "acme"), Vec::<String>::new());
+        assert_eq!(metrics.tenants(), ["other"]);
+        assert_eq!(series_of(&metrics, "other").len(), 5);
+        assert_eq!(metrics.connections("rejected", "unknown_server_name"), 1);
+    }
+
+    #[test]
+    fn tenants_deleted_while_the_watch_was_down_lose_their_series_on_the_next_list() {
+        let (mut follower, metrics) = follower_with_traffic();
+        // The list after a restarted watch: `acme` is gone, `other` has no endpoint for now.
+        let mut other = tenant("other", 41001, false);
+        other.status = None;
+        follower.apply(Event::Init);
+        follower.apply(Event::InitApply(other));
+        follower.apply(Event::InitDone);
+        assert!(follower.routes.is_empty());
+        assert_eq!(series_of(&metrics, "acme"), Vec::<String>::new());
+        assert_eq!(
+            series_of(&metrics, "other").len(),
+            5,
+            "a tenant still listed keeps them"
+        );
     }
 }

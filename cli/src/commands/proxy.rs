@@ -227,6 +227,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         client.clone(),
         args.tenant_domain,
         routes.clone(),
+        proxy_metrics.clone(),
     ));
     let activity = tokio::spawn(report_activity(
         client,

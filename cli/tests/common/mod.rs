@@ -1,5 +1,6 @@
-//! End-to-end helpers: the real `hostplane controller` binary as a child process (so tests can
-//! SIGKILL it), and small readers of what a user sees (conditions, kubeconfigs, tokens).
+//! End-to-end helpers: the real `hostplane controller` and `hostplane proxy` binaries as child
+//! processes (so tests can SIGKILL them), and small readers of what a user sees (conditions,
+//! kubeconfigs, tokens, metrics, tenant processes).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -8,8 +9,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use hostplane_crds::ControlPlane;
-use hostplane_tests::{KubeApiserver, start_apiserver_on_etcd};
+use hostplane_tests::{Binaries, KubeApiserver, http_get, start_apiserver_on_etcd};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
+
+/// How long a new tenant may take to become Available on a busy test machine.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// A `hostplane controller` process against a host API server.
 pub struct ControllerProcess {
@@ -153,6 +158,33 @@ impl ControllerProcess {
     }
 }
 
+/// `<name>-<first uid group>`: a tenant's state dir under `<state dir>/tenants`.
+pub fn tenant_key(cp: &ControlPlane) -> String {
+    let uid = cp.metadata.uid.clone().unwrap();
+    format!(
+        "{}-{}",
+        cp.metadata.name.clone().unwrap(),
+        uid.split('-').next().unwrap()
+    )
+}
+
+/// The pid in a tenant state dir's `<process>.pid`, if it has one.
+pub fn pid_of(tenant_dir: &Path, process: &str) -> Option<i32> {
+    std::fs::read_to_string(tenant_dir.join(format!("{process}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Alive and not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
 /// The pids recorded in a tenant state dir's pid files (one per supervised process).
 pub fn recorded_pids(tenant_dir: &Path) -> Vec<u32> {
     std::fs::read_dir(tenant_dir)
@@ -231,6 +263,63 @@ pub fn kubeconfig_token(kubeconfig: &str) -> String {
         .to_string()
 }
 
+/// A key of a host Secret as text.
+pub async fn secret_text(host: &kube::Client, namespace: &str, name: &str, key: &str) -> String {
+    let secret = Api::<Secret>::namespaced(host.clone(), namespace)
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("Secret {namespace}/{name}: {e}"));
+    String::from_utf8(secret.data.unwrap()[key].0.clone()).unwrap()
+}
+
+/// A kubeconfig handed out for tenant `name`: `key` (`kubeconfig` through the tenant's
+/// endpoint, `kubeconfig-incluster` straight to it) of `<name>-system/admin-kubeconfig`.
+pub async fn handed_out_kubeconfig(host: &kube::Client, name: &str, key: &str) -> String {
+    secret_text(host, &format!("{name}-system"), "admin-kubeconfig", key).await
+}
+
+/// The client configuration a handed-out kubeconfig gives (see `handed_out_kubeconfig`).
+pub async fn tenant_client_config(host: &kube::Client, name: &str, key: &str) -> kube::Config {
+    let text = handed_out_kubeconfig(host, name, key).await;
+    kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::from_yaml(&text).unwrap(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A client of tenant `name` as a person gets it from a handed-out kubeconfig.
+pub async fn tenant_client(host: &kube::Client, name: &str, key: &str) -> kube::Client {
+    kube::Client::try_from(tenant_client_config(host, name, key).await).unwrap()
+}
+
+/// The YAML of a ControlPlane of type `k8s`; `extra_spec` holds further spec lines, indented.
+pub fn controlplane_yaml(name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: {name}\nspec:\n  type: k8s\n{extra_spec}"
+    )
+}
+
+/// The value of the series `series` (a metric name, with its labels if it has any) in
+/// Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `GET /metrics` on a loopback port, as Prometheus scrapes it; the text, asserted served.
+pub async fn scrape_metrics(port: u16) -> String {
+    let (status, text) = http_get(port, "/metrics").await.unwrap();
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
 /// Runs kubectl with a kubeconfig file; returns (success, stdout+stderr).
 pub fn kubectl_with(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(kubectl)
@@ -247,6 +336,15 @@ pub fn kubectl_with(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> (bool, 
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// A host API server on etcd with hostplane's CRDs installed.
+pub async fn host_with_crds() -> KubeApiserver {
+    let host = start_apiserver_on_etcd().await;
+    hostplane_controller::embedded::install_crds(&host.client())
+        .await
+        .expect("CRDs install");
+    host
 }
 
 /// A host API server on etcd with hostplane's CRDs, and a `hostplane controller` process watching
@@ -281,5 +379,100 @@ impl ControllerBed {
 
     pub fn cps(&self) -> Api<ControlPlane> {
         Api::all(self.host.client())
+    }
+
+    /// kubectl against the host (with `stdin` piped in, if given); (success, stdout+stderr).
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+        let out = match stdin {
+            Some(input) => self.host.run_kubectl_with_stdin(args, input),
+            None => self.host.run_kubectl(args),
+        };
+        (out.success(), out.combined())
+    }
+
+    /// `kubectl apply` of YAML to the host, asserted to succeed.
+    pub fn apply(&self, yaml: &str) {
+        let (ok, out) = self.kubectl(&["apply", "-f", "-"], Some(yaml));
+        assert!(ok, "kubectl apply failed: {out}");
+    }
+
+    /// Applies a `k8s` ControlPlane (see `controlplane_yaml`).
+    pub fn apply_cp(&self, name: &str, extra_spec: &str) {
+        self.apply(&controlplane_yaml(name, extra_spec));
+    }
+
+    /// `kubectl patch cp NAME --type=TYPE -p PATCH` on the host, asserted to succeed.
+    pub fn patch_cp(&self, name: &str, patch_type: &str, patch: &str) {
+        let patch_type = format!("--type={patch_type}");
+        let (ok, out) = self.kubectl(&["patch", "cp", name, &patch_type, "-p", patch], None);
+        assert!(ok, "patching {name}: {out}");
+    }
+
+    /// Waits up to `READY_TIMEOUT` for the ControlPlane to be Ready/Available.
+    pub async fn available(&self, name: &str) -> ControlPlane {
+        wait_ready_state(&self.cps(), name, "True", Some("Available"), READY_TIMEOUT).await
+    }
+
+    /// Applies a `k8s` ControlPlane and waits until it is Available.
+    pub async fn create(&self, name: &str, extra_spec: &str) -> ControlPlane {
+        self.apply_cp(name, extra_spec);
+        self.available(name).await
+    }
+
+    /// The tenant's handed-out kubeconfig, written to `<state dir>/<name>.kubeconfig` as a user
+    /// would; the path and the text.
+    pub async fn tenant_kubeconfig(&self, name: &str) -> (PathBuf, String) {
+        let text = handed_out_kubeconfig(&self.host.client(), name, "kubeconfig").await;
+        let path = self.controller.state_dir.join(format!("{name}.kubeconfig"));
+        std::fs::write(&path, &text).unwrap();
+        (path, text)
+    }
+
+    /// kubectl against the tenant with its handed-out kubeconfig.
+    pub async fn tenant_kubectl(&self, name: &str, args: &[&str]) -> (bool, String) {
+        let (path, _) = self.tenant_kubeconfig(name).await;
+        kubectl_with(&Binaries::get().kubectl, &path, args)
+    }
+
+    /// The tenant's state directory (processes runtime).
+    pub fn tenant_dir(&self, cp: &ControlPlane) -> PathBuf {
+        self.controller
+            .state_dir
+            .join("tenants")
+            .join(tenant_key(cp))
+    }
+}
+
+/// `hostplane proxy ARGS` against the host, its output in `log`; killed when dropped, its log
+/// printed when a test fails.
+pub struct ProxyProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ProxyProcess {
+    pub fn start(host: &KubeApiserver, log: PathBuf, args: &[&str]) -> Self {
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hostplane"))
+            .arg("proxy")
+            .args(args)
+            .env("KUBECONFIG", host.kubeconfig_path())
+            .env_remove("HOSTPLANE_PROXY_ADDRESS")
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("hostplane binary runs");
+        Self { child, log }
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- hostplane proxy log ----");
+            eprintln!("{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
     }
 }
