@@ -14,4 +14,4 @@ pub mod table;
 pub use client_hello::{HelloError, NameError, Parsed, ServerName, parse_client_hello};
 pub use metrics::ProxyMetrics;
 pub use router::{ProxyConfig, Relay, serve};
-pub use table::{Route, RouteMap, RouteState};
+pub use table::{Backend, Route, RouteMap, RouteState};

@@ -303,8 +303,8 @@ async fn route(
             backend
         }
     };
-    span.record("backend", field::display(backend_addr));
-    let backend = tokio::time::timeout(config.connect_timeout, TcpStream::connect(backend_addr))
+    span.record("backend", field::display(&backend_addr));
+    let backend = tokio::time::timeout(config.connect_timeout, backend_addr.connect())
         .await
         .map_err(|_| Rejection::BackendConnectTimeout {
             tenant: route.tenant.clone(),

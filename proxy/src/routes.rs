@@ -2,7 +2,6 @@
 //! server's endpoint from `status.endpoint`. Tenants appear and disappear without a restart.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use kube::runtime::watcher::{self, Event};
 use tracing::{debug, info, warn};
 
 use crate::metrics::ProxyMetrics;
-use crate::table::{Route, RouteMap, RouteState};
+use crate::table::{Backend, Route, RouteMap, RouteState};
 
 /// The host name a tenant is reached by through the proxy.
 pub fn tenant_host(name: &str, domain: &str) -> String {
@@ -28,7 +27,7 @@ pub fn route_of(cp: &ControlPlane, domain: &str) -> Option<(String, Route)> {
     let status = cp.status.as_ref()?;
     let endpoint = status.endpoint.as_deref()?;
     let authority = endpoint.strip_prefix("https://").unwrap_or(endpoint);
-    let backend: SocketAddr = authority.trim_end_matches('/').parse().ok()?;
+    let backend = Backend::parse(authority.trim_end_matches('/'))?;
     let ready = cp.condition("Ready");
     let paused = cp
         .spec
@@ -112,10 +111,11 @@ impl RouteFollower {
         match event {
             Event::Apply(cp) => match route_of(&cp, &self.domain) {
                 Some((host, route)) => {
-                    let (state, backend) = (route.state, route.backend);
-                    let old = self.routes.insert_route(&host, route);
-                    if old.as_ref().map(|r| (r.state, r.backend)) != Some((state, backend)) {
-                        info!(%host, %backend, ?state, "route updated");
+                    let old = self.routes.insert_route(&host, route.clone());
+                    if old.as_ref().map(|r| (r.state, &r.backend))
+                        != Some((route.state, &route.backend))
+                    {
+                        info!(%host, backend = %route.backend, state = ?route.state, "route updated");
                     }
                 }
                 // No endpoint (yet): nothing to route to, but the tenant and its series stay.
@@ -234,7 +234,7 @@ mod tests {
             Some((
                 "acme.tenants.test".to_string(),
                 Route {
-                    backend: "127.0.0.1:41000".parse().unwrap(),
+                    backend: Backend::parse("127.0.0.1:41000").unwrap(),
                     tenant: "acme".into(),
                     state: RouteState::Awake,
                 }
@@ -256,6 +256,15 @@ mod tests {
         assert_eq!(state(&cp), Some(RouteState::Starting));
         cp.status.as_mut().unwrap().conditions = vec![condition("False", "Unavailable")];
         assert_eq!(state(&cp), Some(RouteState::Awake));
+        // The pods runtime's endpoint is the tenant's Service.
+        cp.status.as_mut().unwrap().endpoint = Some("https://acme.acme-system.svc:443".into());
+        assert_eq!(
+            route_of(&cp, "tenants.test").map(|(_, r)| r.backend),
+            Some(Backend::Name {
+                host: "acme.acme-system.svc".into(),
+                port: 443
+            })
+        );
     }
 
     /// A ControlPlane with an endpoint: Ready, or hibernated.

@@ -4,6 +4,7 @@
 //! controller (idle tenants hibernate).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -23,10 +24,67 @@ pub enum RouteState {
     Paused,
 }
 
+/// Where a tenant's API server listens: an address (the processes runtime's loopback port), or a
+/// host name resolved at every connect (the pods runtime's Service, `NAME.NAME-system.svc`, whose
+/// address is the cluster DNS's to give).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Addr(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl Backend {
+    /// Parses an endpoint's authority (`127.0.0.1:6443`, `[::1]:6443`, `acme.acme-system.svc:443`,
+    /// or a bare host, which means port 443). `None` for anything that is not an authority.
+    pub fn parse(authority: &str) -> Option<Backend> {
+        if let Ok(addr) = authority.parse::<SocketAddr>() {
+            return Some(Backend::Addr(addr));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse::<u16>().ok()?),
+            None => (authority, 443),
+        };
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        valid.then(|| Backend::Name {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+
+    /// Connects, resolving a host name first.
+    pub async fn connect(&self) -> std::io::Result<tokio::net::TcpStream> {
+        match self {
+            Backend::Addr(addr) => tokio::net::TcpStream::connect(addr).await,
+            Backend::Name { host, port } => {
+                tokio::net::TcpStream::connect((host.as_str(), *port)).await
+            }
+        }
+    }
+}
+
+impl From<SocketAddr> for Backend {
+    fn from(addr: SocketAddr) -> Self {
+        Backend::Addr(addr)
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::Addr(addr) => addr.fmt(f),
+            Backend::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
 /// Where one server name goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
-    pub backend: SocketAddr,
+    pub backend: Backend,
     /// The ControlPlane's name.
     pub tenant: String,
     pub state: RouteState,
@@ -83,9 +141,9 @@ impl RouteMap {
 
     /// Adds or replaces an awake route named after its server name; returns the backend it
     /// replaced.
-    pub fn insert(&self, server_name: &str, backend: SocketAddr) -> Option<SocketAddr> {
+    pub fn insert(&self, server_name: &str, backend: impl Into<Backend>) -> Option<Backend> {
         let route = Route {
-            backend,
+            backend: backend.into(),
             tenant: server_name.to_string(),
             state: RouteState::Awake,
         };
@@ -103,7 +161,7 @@ impl RouteMap {
     }
 
     /// Removes a route; returns its backend.
-    pub fn remove(&self, server_name: &str) -> Option<SocketAddr> {
+    pub fn remove(&self, server_name: &str) -> Option<Backend> {
         let old = self.write().remove(&server_name.to_ascii_lowercase());
         self.changed();
         old.map(|r| r.backend)
@@ -120,7 +178,7 @@ impl RouteMap {
     }
 
     /// The backend for a (lower-case) server name, whatever its state.
-    pub fn resolve(&self, server_name: &str) -> Option<SocketAddr> {
+    pub fn resolve(&self, server_name: &str) -> Option<Backend> {
         self.route(server_name).map(|r| r.backend)
     }
 
@@ -162,7 +220,7 @@ impl RouteMap {
 
     /// Waits until the route for `server_name` is awake and returns its backend; `None` when the
     /// route goes away, is paused, or `timeout` passes first.
-    pub async fn wait_awake(&self, server_name: &str, timeout: Duration) -> Option<SocketAddr> {
+    pub async fn wait_awake(&self, server_name: &str, timeout: Duration) -> Option<Backend> {
         let mut changes = self.changes.subscribe();
         let wait = async {
             loop {
@@ -252,10 +310,45 @@ impl Drop for ActivityGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_parse_into_addresses_or_host_names() {
+        assert_eq!(
+            Backend::parse("127.0.0.1:6443"),
+            Some(Backend::Addr("127.0.0.1:6443".parse().unwrap()))
+        );
+        assert_eq!(
+            Backend::parse("[::1]:6443"),
+            Some(Backend::Addr("[::1]:6443".parse().unwrap()))
+        );
+        let service = Backend::Name {
+            host: "acme.acme-system.svc".into(),
+            port: 443,
+        };
+        assert_eq!(
+            Backend::parse("Acme.acme-system.svc:443"),
+            Some(service.clone())
+        );
+        assert_eq!(
+            Backend::parse("acme.acme-system.svc"),
+            Some(service.clone())
+        );
+        assert_eq!(service.to_string(), "acme.acme-system.svc:443");
+        for bad in [
+            "",
+            ":443",
+            "acme.svc:port",
+            "acme.svc:70000",
+            "a/b:443",
+            "user@acme:443",
+        ] {
+            assert_eq!(Backend::parse(bad), None, "{bad:?}");
+        }
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn backend() -> SocketAddr {
-        "127.0.0.1:6443".parse().unwrap()
+    fn backend() -> Backend {
+        Backend::Addr("127.0.0.1:6443".parse().unwrap())
     }
 
     fn route(state: RouteState) -> Route {

@@ -213,6 +213,28 @@ async fn tls_passes_through_to_the_tenant_backend() {
     assert!(text.contains("hostplane_proxy_active_connections 0"));
 }
 
+/// A pods-runtime tenant's endpoint is its Service's host name: the proxy resolves it at connect.
+#[tokio::test]
+async fn a_backend_named_by_host_name_is_resolved_and_relayed() {
+    let backend = TlsBackend::start(&["svc.example"], BackendReply::Echo).await;
+    let proxy = Proxy::start(ProxyConfig::default()).await;
+    let named = hostplane_proxy::Backend::parse(&format!("localhost:{}", backend.addr.port()))
+        .expect("a host:port authority");
+    assert!(
+        matches!(named, hostplane_proxy::Backend::Name { .. }),
+        "{named:?}"
+    );
+    proxy.routes.insert("svc.example", named);
+
+    let mut tls = tls_connect(proxy.addr, "svc.example", &backend.certificate)
+        .await
+        .expect("handshake through the proxy to a named backend");
+    echo_round_trip(&mut tls, b"GET /api HTTP/1.1\r\n\r\n").await;
+    drop(tls);
+    proxy.wait_idle().await;
+    assert_eq!(proxy.metrics.connections("routed", "ok"), 1);
+}
+
 #[tokio::test]
 async fn unknown_server_name_is_closed_and_counted() {
     let backend = TlsBackend::start(&["acme.example", "other.example"], BackendReply::Echo).await;
@@ -623,8 +645,8 @@ async fn connections_and_errors_are_counted_per_tenant_of_the_route() {
         .local_addr()
         .unwrap();
     let proxy = Proxy::start(ProxyConfig::default()).await;
-    let route = |backend, tenant: &str, state| Route {
-        backend,
+    let route = |backend: std::net::SocketAddr, tenant: &str, state| Route {
+        backend: backend.into(),
         tenant: tenant.to_string(),
         state,
     };
@@ -714,7 +736,7 @@ async fn a_tenant_that_never_wakes_holds_its_connection_only_for_the_wake_timeou
     proxy.routes.insert_route(
         "acme.example",
         Route {
-            backend: backend.local_addr().unwrap(),
+            backend: backend.local_addr().unwrap().into(),
             tenant: "sleepy".into(),
             state: RouteState::Hibernated,
         },
