@@ -11,7 +11,6 @@ use std::time::Duration;
 use common::*;
 use hostplane_controller::limits::TenantLimits;
 use hostplane_crds::ControlPlane;
-use hostplane_tests::{KubeApiserver, Postgres, start_apiserver_on_etcd};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -22,41 +21,17 @@ use serde_json::{Value, json};
 const TIMEOUT: Duration = Duration::from_secs(90);
 const NS: &str = "acme-system";
 
-struct Bed {
-    host: KubeApiserver,
-    _postgres: Postgres,
-    _controller: ControllerProcess,
-    _tmp: tempfile::TempDir,
+/// The pods-runtime bed with the images and storage class these tests check.
+async fn start_bed() -> PodsBed {
+    PodsBed::start(&[
+        ("HOSTPLANE_KINE_IMAGE", "example.test/kine:v9"),
+        ("HOSTPLANE_ETCD_IMAGE", "example.test/etcd:v9"),
+        ("HOSTPLANE_ETCD_STORAGE_CLASS", "fast"),
+    ])
+    .await
 }
 
-impl Bed {
-    async fn start() -> Self {
-        let postgres = Postgres::start().await;
-        let host = start_apiserver_on_etcd().await;
-        hostplane_controller::embedded::install_crds(&host.client())
-            .await
-            .expect("CRDs install");
-        let tmp = tempfile::tempdir().unwrap();
-        let controller = ControllerProcess::start(
-            &host,
-            tmp.path(),
-            Some(postgres.admin_dsn()),
-            &[
-                ("HOSTPLANE_RUNTIME", "pods"),
-                ("HOSTPLANE_NAMESPACE", "hostplane-system"),
-                ("HOSTPLANE_KINE_IMAGE", "example.test/kine:v9"),
-                ("HOSTPLANE_ETCD_IMAGE", "example.test/etcd:v9"),
-                ("HOSTPLANE_ETCD_STORAGE_CLASS", "fast"),
-            ],
-        );
-        Self {
-            host,
-            _postgres: postgres,
-            _controller: controller,
-            _tmp: tmp,
-        }
-    }
-
+impl PodsBed {
     fn apply(&self, yaml: &str) {
         let out = self
             .host
@@ -73,55 +48,25 @@ impl Bed {
 }
 
 /// Polls `read` until it gives `Some`, for at most `TIMEOUT`.
-async fn eventually<T, F, Fut>(what: &str, mut read: F) -> T
+async fn eventually<T, F, Fut>(what: &str, read: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(found) = read().await {
-            return found;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    common::eventually(what, TIMEOUT, read).await
 }
 
 fn to_json<T: k8s_openapi::serde::Serialize>(object: &T) -> Value {
     serde_json::to_value(object).unwrap()
 }
 
-/// What the Deployment controller would write once the pod is available.
 async fn mark_available(deployments: &Api<Deployment>, name: &str) {
-    let generation = deployments
-        .get(name)
-        .await
-        .unwrap()
-        .metadata
-        .generation
-        .unwrap();
-    let status = json!({"status": {
-        "observedGeneration": generation,
-        "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
-        "conditions": [{
-            "type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
-            "message": "Deployment has minimum availability.",
-            "lastTransitionTime": "2026-01-01T00:00:00Z", "lastUpdateTime": "2026-01-01T00:00:00Z"
-        }]
-    }});
-    deployments
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
+    mark_deployment_available(deployments, name).await;
 }
 
 #[tokio::test]
 async fn a_controlplane_becomes_a_fenced_deployment_that_is_ready_when_available() {
-    let bed = Bed::start().await;
+    let bed = start_bed().await;
     let cps = Api::<ControlPlane>::all(bed.host.client());
     bed.apply("apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: acme\nspec:\n  type: k8s\n");
 
@@ -507,7 +452,7 @@ fn dns_names(pem: &[u8]) -> Vec<String> {
 
 #[tokio::test]
 async fn a_dedicated_etcd_is_a_stateful_set_and_ready_needs_it_and_the_deployment() {
-    let bed = Bed::start().await;
+    let bed = start_bed().await;
     let cps = Api::<ControlPlane>::all(bed.host.client());
     bed.apply("apiVersion: tenancy.hostplane.io/v1alpha1\nkind: ControlPlane\nmetadata:\n  name: acme\nspec:\n  type: k8s\n  backend: dedicated\n");
 

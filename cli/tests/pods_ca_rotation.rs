@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hostplane_crds::ControlPlane;
-use hostplane_tests::{KubeApiserver, Postgres, start_apiserver_on_etcd};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use serde_json::{Value, json};
+use kube::api::{Api, ListParams};
+use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const NS: &str = "acme-system";
@@ -25,42 +24,17 @@ const DEPLOYMENT: &str = "acme-control-plane";
 const OVERLAP_SECONDS: u64 = 12;
 const DIGEST: &str = "tenancy.hostplane.io/restart-digest";
 
-struct Bed {
-    host: KubeApiserver,
-    _postgres: Postgres,
-    _controller: ControllerProcess,
-    _tmp: tempfile::TempDir,
+async fn start_bed() -> PodsBed {
+    let overlap = OVERLAP_SECONDS.to_string();
+    PodsBed::start(&[
+        ("HOSTPLANE_CA_ROTATION_OVERLAP_SECONDS", &overlap),
+        // Ready passes come back every 2 s: a roll the controller would repeat shows.
+        ("HOSTPLANE_HEALTH_CHECK_SECONDS", "2"),
+    ])
+    .await
 }
 
-impl Bed {
-    async fn start() -> Self {
-        let postgres = Postgres::start().await;
-        let host = start_apiserver_on_etcd().await;
-        hostplane_controller::embedded::install_crds(&host.client())
-            .await
-            .expect("CRDs install");
-        let tmp = tempfile::tempdir().unwrap();
-        let overlap = OVERLAP_SECONDS.to_string();
-        let controller = ControllerProcess::start(
-            &host,
-            tmp.path(),
-            Some(postgres.admin_dsn()),
-            &[
-                ("HOSTPLANE_RUNTIME", "pods"),
-                ("HOSTPLANE_NAMESPACE", "hostplane-system"),
-                ("HOSTPLANE_CA_ROTATION_OVERLAP_SECONDS", &overlap),
-                // Ready passes come back every 2 s: a roll the controller would repeat shows.
-                ("HOSTPLANE_HEALTH_CHECK_SECONDS", "2"),
-            ],
-        );
-        Self {
-            host,
-            _postgres: postgres,
-            _controller: controller,
-            _tmp: tmp,
-        }
-    }
-
+impl PodsBed {
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) {
         let out = match stdin {
             Some(text) => self.host.run_kubectl_with_stdin(args, text),
@@ -98,19 +72,12 @@ impl Bed {
 }
 
 /// Polls `read` until it gives `Some`, for at most `TIMEOUT`.
-async fn eventually<T, F, Fut>(what: &str, mut read: F) -> T
+async fn eventually<T, F, Fut>(what: &str, read: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if let Some(found) = read().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    common::eventually(what, TIMEOUT, read).await
 }
 
 /// The pod template's generation and restart digest, and the Deployment as JSON.
@@ -183,26 +150,13 @@ impl Template {
 
 /// What the Deployment controller would write once the pod of the current spec is available.
 async fn mark_available(deployments: &Api<Deployment>) {
-    let generation = template(deployments).await.generation;
-    let status = json!({"status": {
-        "observedGeneration": generation,
-        "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
-        "conditions": [{
-            "type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
-            "message": "Deployment has minimum availability.",
-            "lastTransitionTime": "2026-01-01T00:00:00Z", "lastUpdateTime": "2026-01-01T00:00:00Z"
-        }]
-    }});
-    deployments
-        .patch_status(DEPLOYMENT, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
+    mark_deployment_available(deployments, DEPLOYMENT).await;
 }
 
 /// Waits for `stage` in status, recording every pod template seen meanwhile; returns the
 /// template once the Deployment carries the stage's files.
 async fn wait_stage(
-    bed: &Bed,
+    bed: &PodsBed,
     stage: &str,
     seen: &mut Vec<(i64, String)>,
     generation: i64,
@@ -231,7 +185,7 @@ async fn wait_stage(
 }
 
 /// The Deployment's generation stays `generation` for several passes of the controller.
-async fn stays_at(bed: &Bed, generation: i64, seen: &mut Vec<(i64, String)>) {
+async fn stays_at(bed: &PodsBed, generation: i64, seen: &mut Vec<(i64, String)>) {
     for _ in 0..12 {
         let t = template(&bed.deployments()).await;
         if seen.last() != Some(&(t.generation, t.digest.clone())) {
@@ -244,7 +198,7 @@ async fn stays_at(bed: &Bed, generation: i64, seen: &mut Vec<(i64, String)>) {
 
 #[tokio::test]
 async fn a_ca_rotation_mounts_the_trust_bundle_and_rolls_the_pods_once_per_stage() {
-    let bed = Bed::start().await;
+    let bed = start_bed().await;
     let cps = Api::<ControlPlane>::all(bed.host.client());
     bed.kubectl(
         &["apply", "-f", "-"],

@@ -476,3 +476,85 @@ impl Drop for ProxyProcess {
         }
     }
 }
+
+/// A host API server with the CRDs, a shared Postgres, and `hostplane controller --runtime pods`
+/// (namespace `hostplane-system`) with `env` on top. The host runs no kubelet: tests play the
+/// Deployment controller with [`mark_deployment_available`].
+pub struct PodsBed {
+    pub host: KubeApiserver,
+    _postgres: hostplane_tests::Postgres,
+    _controller: ControllerProcess,
+    _tmp: tempfile::TempDir,
+}
+
+impl PodsBed {
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let postgres = hostplane_tests::Postgres::start().await;
+        let host = host_with_crds().await;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut all = vec![
+            ("HOSTPLANE_RUNTIME", "pods"),
+            ("HOSTPLANE_NAMESPACE", "hostplane-system"),
+        ];
+        all.extend_from_slice(env);
+        let controller =
+            ControllerProcess::start(&host, tmp.path(), Some(postgres.admin_dsn()), &all);
+        Self {
+            host,
+            _postgres: postgres,
+            _controller: controller,
+            _tmp: tmp,
+        }
+    }
+}
+
+/// Polls `read` until it gives `Some`, for at most `patience`.
+pub async fn eventually<T, F, Fut>(what: &str, patience: Duration, mut read: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Some(found) = read().await {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// What the Deployment controller would write once the pod of Deployment `name`'s current spec
+/// is available.
+pub async fn mark_deployment_available(
+    deployments: &Api<k8s_openapi::api::apps::v1::Deployment>,
+    name: &str,
+) {
+    let generation = deployments
+        .get(name)
+        .await
+        .unwrap()
+        .metadata
+        .generation
+        .unwrap();
+    let status = serde_json::json!({"status": {
+        "observedGeneration": generation,
+        "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+        "conditions": [{
+            "type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+            "message": "Deployment has minimum availability.",
+            "lastTransitionTime": "2026-01-01T00:00:00Z", "lastUpdateTime": "2026-01-01T00:00:00Z"
+        }]
+    }});
+    deployments
+        .patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&status),
+        )
+        .await
+        .unwrap();
+}

@@ -128,27 +128,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::upstream::ReleaseBinaries;
 
-    fn plan() -> TenantPlan {
-        TenantPlan {
-            name: "acme".into(),
-            uid: "u-1".into(),
-            namespace: "acme-system".into(),
-            backend: hostplane_crds::BackendType::Shared,
-            external_datastore: None,
-            release: ReleaseBinaries {
-                version: "1.37.2".into(),
-                kube_apiserver: "a".into(),
-                kube_controller_manager: "b".into(),
-                kube_scheduler: "c".into(),
-                kine: "d".into(),
-                etcd: "e".into(),
-            },
-            token_ttl_seconds: 7200,
-            limits: crate::limits::TenantLimits::default(),
-        }
-    }
+    use crate::build::pods::tests::plan;
 
     fn tenant_metadata() -> serde_json::Value {
         json!({
