@@ -153,7 +153,7 @@ async fn a_controlplane_becomes_a_fenced_deployment_that_is_ready_when_available
                 "from": [
                     {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "hostplane-system"}},
                      "podSelector": {"matchLabels": {"app.kubernetes.io/component": "controller", "app.kubernetes.io/name": "hostplane"}}},
-                    {"podSelector": {"matchLabels": {"tenancy.hostplane.io/controlplane": "acme"}}}
+                    {"podSelector": {}}
                 ],
                 "ports": [{"port": 6443, "protocol": "TCP"}]
             }]

@@ -429,9 +429,10 @@ fn peer(pods: &PeerPods) -> Value {
 }
 
 /// Nothing reaches pods in the namespace unless a policy says so; the control plane pods admit
-/// the proxy, the controller, and the tenant's own pods (hook Jobs, worker VMs: they carry the
-/// control-plane label) on the API server port only. Kubelet probes come from the node, which
-/// NetworkPolicy implementations admit.
+/// the proxy, the controller, and every pod of the tenant's own namespace (hook Jobs, worker VMs'
+/// launchers: only hostplane and the platform's hooks create pods there, and a hook's Job pods
+/// carry whatever labels its template gives them) on the API server port only. Kubelet probes
+/// come from the node, which NetworkPolicy implementations admit.
 fn network_policies(plan: &TenantPlan, config: &PodsConfig) -> Vec<NetworkPolicy> {
     let deny = json!({
         "apiVersion": "networking.k8s.io/v1",
@@ -444,7 +445,7 @@ fn network_policies(plan: &TenantPlan, config: &PodsConfig) -> Vec<NetworkPolicy
     if config.controller != config.proxy {
         from.push(peer(&config.controller));
     }
-    from.push(json!({"podSelector": {"matchLabels": {CONTROLPLANE_LABEL: plan.name}}}));
+    from.push(json!({"podSelector": {}}));
     let admit = json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -972,7 +973,7 @@ pub(crate) mod tests {
                         "ingress": [{
                             "from": [
                                 hostplane_pods,
-                                {"podSelector": {"matchLabels": {"tenancy.hostplane.io/controlplane": "acme"}}}
+                                {"podSelector": {}}
                             ],
                             "ports": [{"port": 6443, "protocol": "TCP"}]
                         }]
@@ -1010,7 +1011,7 @@ pub(crate) mod tests {
                  "podSelector": {"matchLabels": {"app": "sni-proxy"}}},
                 {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "hostplane-system"}},
                  "podSelector": {"matchLabels": {"app.kubernetes.io/component": "controller", "app.kubernetes.io/name": "hostplane"}}},
-                {"podSelector": {"matchLabels": {"tenancy.hostplane.io/controlplane": "acme"}}}
+                {"podSelector": {}}
             ])
         );
     }
