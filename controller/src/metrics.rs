@@ -28,6 +28,11 @@ pub struct FailureLabels {
     pub reason: String,
 }
 
+/// The state a tenant is counted in while its reconciliation is paused (annotation
+/// `tenancy.hostplane.io/reconcile-paused`) instead of its Ready reason, which then only says
+/// what the last pass before the pause saw.
+pub const PAUSED_STATE: &str = "Paused";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
@@ -190,7 +195,7 @@ impl Default for Metrics {
         );
         registry.register(
             "tenants",
-            "ControlPlanes by the reason of their Ready condition",
+            "ControlPlanes by the reason of their Ready condition (Paused while reconciliation is paused)",
             tenants_by_state.clone(),
         );
         let tenant_usage = TenantUsageGauges::default();
@@ -211,7 +216,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Records the Ready reason of a tenant (`None` once it is gone). A state no tenant is in
+    /// Records the Ready reason of a tenant ([`PAUSED_STATE`] while paused, `None` once it is
+    /// gone). A state no tenant is in
     /// any more loses its series: reasons are open-ended (every error reason is one), so zeros
     /// would pile up for as long as the controller runs.
     pub fn set_tenant_state(&self, tenant: &str, state: Option<&str>) {

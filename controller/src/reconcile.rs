@@ -52,6 +52,7 @@ use crate::validate::{
 
 mod ca_rotation;
 mod limits;
+mod paused;
 mod pods_tenant;
 
 pub const FINALIZER: &str = "tenancy.hostplane.io/cleanup";
@@ -328,13 +329,30 @@ async fn reconcile(
 ) -> Result<Action, finalizer::Error<ReconcileError>> {
     let api = Api::<ControlPlane>::all(ctx.client.clone());
     let started = std::time::Instant::now();
-    let result = finalizer(&api, FINALIZER, cp, |event| async {
-        match event {
-            finalizer::Event::Apply(cp) => apply_branch(&cp, &ctx).await,
-            finalizer::Event::Cleanup(cp) => cleanup_branch(&cp, &ctx).await,
+    // Decided before the finalizer helper, so a paused ControlPlane's deletion waits as well
+    // (Cluster API's convention; why in `paused`).
+    let decision = paused::decide(&cp);
+    let result = match decision {
+        paused::Decision::Hold { announce } => paused::hold(&cp, &ctx, announce)
+            .await
+            .map_err(finalizer::Error::ApplyFailed),
+        paused::Decision::Resume | paused::Decision::Reconcile => {
+            // Without our finalizer this pass only adds it, and the next one would announce
+            // the resume a second time.
+            if decision == paused::Decision::Resume
+                && cp.finalizers().iter().any(|f| f == FINALIZER)
+            {
+                paused::announce_resume(&cp, &ctx).await;
+            }
+            finalizer(&api, FINALIZER, cp, |event| async {
+                match event {
+                    finalizer::Event::Apply(cp) => apply_branch(&cp, &ctx).await,
+                    finalizer::Event::Cleanup(cp) => cleanup_branch(&cp, &ctx).await,
+                }
+            })
+            .await
         }
-    })
-    .await;
+    };
     ctx.metrics.reconciles.inc();
     ctx.metrics
         .reconcile_duration
@@ -1242,36 +1260,14 @@ async fn write_status(
     if let Some(quota) = report.and_then(|r| r.quota.clone()) {
         updates.push((crate::quota::QUOTA_EXCEEDED, quota));
     }
-    let conditions = status::merge_conditions(&previous.conditions, &updates, &now);
-    let mut status = json!({
-        "conditions": conditions,
-        "observedGeneration": cp.metadata.generation.unwrap_or_default(),
-    });
-    // Once ready, endpoint, version and secretRef stay (an outage does not erase where it lives).
-    let endpoint = report
-        .map(|r| r.endpoint.clone())
-        .or(previous.endpoint.clone());
-    let version = report
-        .map(|r| r.version.clone())
-        .or(previous.version.clone());
-    if let Some(endpoint) = endpoint {
-        status["endpoint"] = json!(endpoint);
-    }
-    if let Some(version) = version {
-        status["version"] = json!(version);
-    }
-    // Owned by this field manager: leaving it out of a later status removes it.
-    if hibernated {
-        status["hibernatedAt"] = json!(previous.hibernated_at.unwrap_or(now.clone()));
-    }
-    if report.is_some() || previous.secret_ref.is_some() {
-        status["secretRef"] = json!(SecretReference {
-            name: KUBECONFIG_SECRET.into(),
-            namespace: system_namespace(&cp.name_any()),
-            key: KUBECONFIG_KEY.into(),
-            in_cluster_key: KUBECONFIG_INCLUSTER_KEY.into(),
-        });
-    }
+    let status = owned_status(
+        cp,
+        &updates,
+        cp.metadata.generation.unwrap_or_default(),
+        hibernated,
+        report,
+        &now,
+    );
     apply_status(ctx, cp, manager::STATUS, "status", status).await?;
     // Metrics follow what status says, so only once it was written (a ControlPlane deleted
     // meanwhile must not come back as a series).
@@ -1286,6 +1282,51 @@ async fn write_status(
         }
     }
     Ok(())
+}
+
+/// The whole status `manager::STATUS` owns: `updates` merged into the conditions, the
+/// observed generation, and what was recorded before (endpoint, version, secretRef and
+/// `hibernatedAt` while `hibernated`) unless `report` says it anew. Fields left out of a later
+/// apply are removed, so every writer of this manager goes through here.
+fn owned_status(
+    cp: &ControlPlane,
+    updates: &[(&str, ConditionState)],
+    observed_generation: i64,
+    hibernated: bool,
+    report: Option<&ReadyReport>,
+    now: &Time,
+) -> serde_json::Value {
+    let previous = cp.status.clone().unwrap_or_default();
+    let conditions = status::merge_conditions(&previous.conditions, updates, now);
+    let mut status = json!({
+        "conditions": conditions,
+        "observedGeneration": observed_generation,
+    });
+    // Once ready, endpoint, version and secretRef stay (an outage does not erase where it lives).
+    let endpoint = report
+        .map(|r| r.endpoint.clone())
+        .or(previous.endpoint.clone());
+    let version = report
+        .map(|r| r.version.clone())
+        .or(previous.version.clone());
+    if let Some(endpoint) = endpoint {
+        status["endpoint"] = json!(endpoint);
+    }
+    if let Some(version) = version {
+        status["version"] = json!(version);
+    }
+    if hibernated {
+        status["hibernatedAt"] = json!(previous.hibernated_at.unwrap_or(now.clone()));
+    }
+    if report.is_some() || previous.secret_ref.is_some() {
+        status["secretRef"] = json!(SecretReference {
+            name: KUBECONFIG_SECRET.into(),
+            namespace: system_namespace(&cp.name_any()),
+            key: KUBECONFIG_KEY.into(),
+            in_cluster_key: KUBECONFIG_INCLUSTER_KEY.into(),
+        });
+    }
+    status
 }
 
 /// From the ControlPlane's creation to `now` (zero when clocks disagree).

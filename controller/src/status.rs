@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 pub const READY: &str = "Ready";
 pub const SYNCED: &str = "Synced";
 
-/// Reasons users see on `Ready` (KubeFlex's, plus ours).
+/// Reasons users see on `Ready` and `Synced` (KubeFlex's, plus ours).
 pub mod reason {
     pub const CREATING: &str = "Creating";
     pub const AVAILABLE: &str = "Available";
@@ -18,6 +18,8 @@ pub mod reason {
     pub const HIBERNATED: &str = "Hibernated";
     pub const RECONCILE_SUCCESS: &str = "ReconcileSuccess";
     pub const RECONCILE_ERROR: &str = "ReconcileError";
+    /// `Synced` while the annotation `tenancy.hostplane.io/reconcile-paused` holds passes back.
+    pub const RECONCILE_PAUSED: &str = "ReconcilePaused";
 }
 
 /// What one condition should say now.

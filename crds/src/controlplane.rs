@@ -210,6 +210,12 @@ pub const LAST_ACTIVITY_ANNOTATION: &str = "tenancy.hostplane.io/last-activity";
 /// the controller wakes the tenant.
 pub const WAKE_REQUESTED_ANNOTATION: &str = "tenancy.hostplane.io/wake-requested";
 
+/// Annotation an operator sets to `"true"` on a ControlPlane to pause its reconciliation (for
+/// manual maintenance): the controller changes nothing it owns until the annotation is removed,
+/// and says so in `Synced` (reason `ReconcilePaused`). Not `spec.hibernation.paused`, which
+/// stops the tenant; this one leaves it running as it is.
+pub const RECONCILE_PAUSED_ANNOTATION: &str = "tenancy.hostplane.io/reconcile-paused";
+
 fn default_token_expiration_seconds() -> i64 {
     DEFAULT_TOKEN_EXPIRATION_SECONDS
 }
