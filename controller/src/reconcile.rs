@@ -1206,7 +1206,6 @@ async fn ensure_minter(
     tenant: &kube::Client,
     pki: &pki::PkiFiles,
 ) -> Result<Timestamp, ReconcileError> {
-    tenant_access::ensure_minter_account(tenant).await?;
     let ca = pki::rotation::trusted(pki).unwrap_or_default();
     let fraction = ctx.config.token_renew_fraction;
     let current = get_secret(ctx, &plan.namespace, minter::MINTER_SECRET).await?;
@@ -1225,6 +1224,10 @@ async fn ensure_minter(
     {
         return Ok(tenant_access::renew_at(issued, expires, fraction));
     }
+    // The account and its Role are applied when a token is minted, not on every pass: a pass
+    // writes nothing to a tenant that needs nothing (and a tenant whose datastore hangs would
+    // hold each write for a minute).
+    tenant_access::ensure_minter_account(tenant).await?;
     let minted = tenant_access::mint_minter_token(tenant).await?;
     let secret = minter::minter_secret(
         plan,

@@ -107,6 +107,9 @@ pub async fn token_client(
     client_from(config, true).await
 }
 
+/// How long the controller waits for one answer of a tenant API server.
+pub const TENANT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 async fn client_from(
     config: kube::config::Kubeconfig,
     retry: bool,
@@ -115,6 +118,9 @@ async fn client_from(
         .await
         .map_err(|e| TenantAccessError::Client(e.to_string()))?;
     config.default_retry = retry;
+    // A tenant whose datastore hangs holds every write for the API server's own minute: a pass
+    // gives up sooner, and its next one finds the tenant not ready instead.
+    config.read_timeout = Some(TENANT_REQUEST_TIMEOUT);
     kube::Client::try_from(config).map_err(|e| TenantAccessError::Client(e.to_string()))
 }
 
