@@ -201,6 +201,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Bounds how many tenants of the processes runtime start at once.
     pub starts: StartGate,
+    /// Pauses and resumes announced by this controller, so each is announced once.
+    pub pause_announcements: paused::Announcements,
 }
 
 impl Context {
@@ -228,6 +230,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             runtime: tenant_process_runtime(&config),
             starts: StartGate::new(config.max_starting_tenants),
+            pause_announcements: Default::default(),
             pods: PodsRuntime::new(client.clone()),
             client,
             config,

@@ -87,6 +87,23 @@ pub fn message(cp: &ControlPlane) -> String {
     )
 }
 
+/// What this controller last announced per ControlPlane (by uid). Status says whether a pause
+/// was announced, but a pass may start from a cached object older than the status the previous
+/// pass wrote, and would announce the same change again.
+#[derive(Default)]
+pub struct Announcements(std::sync::Mutex<std::collections::HashMap<String, bool>>);
+
+impl Announcements {
+    /// Records that `paused` is announced for `uid`; false when it already was.
+    fn first(&self, uid: &str, paused: bool) -> bool {
+        let mut last = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.insert(uid.to_string(), paused) != Some(paused)
+    }
+}
+
 /// The whole pass of a paused ControlPlane: `Synced=False ReconcilePaused`, every other field
 /// of status (observedGeneration and Ready included) as it was.
 pub async fn hold(
@@ -108,7 +125,11 @@ pub async fn hold(
     apply_status(ctx, cp, manager::STATUS, "status", status).await?;
     ctx.metrics
         .set_tenant_state(&cp.name_any(), Some(PAUSED_STATE));
-    if announce {
+    if announce
+        && ctx
+            .pause_announcements
+            .first(&cp.uid().unwrap_or_default(), true)
+    {
         info!(controlplane = %cp.name_any(), "reconciliation paused");
         publish(
             ctx,
@@ -125,6 +146,12 @@ pub async fn hold(
 
 /// Announces the first pass after the pause (which then reconciles as usual).
 pub async fn announce_resume(cp: &ControlPlane, ctx: &Context) {
+    if !ctx
+        .pause_announcements
+        .first(&cp.uid().unwrap_or_default(), false)
+    {
+        return;
+    }
     info!(controlplane = %cp.name_any(), "reconciliation resumed");
     publish(
         ctx,
@@ -191,6 +218,19 @@ mod tests {
                 cp.status
             );
         }
+    }
+
+    #[test]
+    fn each_change_is_announced_once_even_from_a_stale_object() {
+        let announced = Announcements::default();
+        assert!(announced.first("u", true), "the pause");
+        assert!(!announced.first("u", true), "the same pause, seen again");
+        assert!(announced.first("u", false), "the resume");
+        assert!(
+            !announced.first("u", false),
+            "the same resume from a stale object"
+        );
+        assert!(announced.first("other", false), "another ControlPlane");
     }
 
     #[test]
