@@ -447,6 +447,9 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
                 )
             };
             let synced = pods_tenant::synced_when_ready(ctx, cp, &report).await;
+            // Hooks first: whoever sees Ready=True (waiting for hooks or not) must also see
+            // postCreateHookCompleted and the hook phases that allowed it.
+            record_hooks(ctx, cp, &report.hooks).await?;
             write_status(ctx, cp, ready, synced, Some(&report)).await?;
             if !was_ready {
                 publish(
@@ -458,7 +461,6 @@ async fn apply_branch(cp: &ControlPlane, ctx: &Context) -> Result<Action, Reconc
                 )
                 .await;
             }
-            record_hooks(ctx, cp, &report.hooks).await?;
             // Checked again at the health interval, so an outage shows up in status.
             let until_renewal = report.renew_at.duration_since(Timestamp::now());
             let requeue = until_renewal
