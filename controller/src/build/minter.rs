@@ -9,15 +9,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::build::objects::{
-    CONTROLPLANE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, TOKEN_EXPIRES_AT, TOKEN_ISSUED_AT,
-    owner_reference,
-};
+use crate::build::objects::{MANAGED_BY, MANAGED_BY_LABEL, token_secret};
 use crate::validate::TenantPlan;
 
 /// Host Secret in `<cp>-system` the download endpoint reads (and the only one it may read).
@@ -93,34 +89,16 @@ pub fn minter_secret(
     issued_at: &str,
     expires_at: &str,
 ) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(MINTER_SECRET.into()),
-            namespace: Some(plan.namespace.clone()),
-            labels: Some(BTreeMap::from([
-                (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
-                (CONTROLPLANE_LABEL.to_string(), plan.name.clone()),
-            ])),
-            annotations: Some(BTreeMap::from([
-                (TOKEN_ISSUED_AT.to_string(), issued_at.to_string()),
-                (TOKEN_EXPIRES_AT.to_string(), expires_at.to_string()),
-            ])),
-            owner_references: Some(vec![owner_reference(plan)]),
-            ..Default::default()
-        },
-        type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([
-            (
-                MINTER_CA_KEY.to_string(),
-                ByteString(ca_pem.as_bytes().to_vec()),
-            ),
-            (
-                MINTER_TOKEN_KEY.to_string(),
-                ByteString(token.as_bytes().to_vec()),
-            ),
-        ])),
-        ..Default::default()
-    }
+    token_secret(
+        plan,
+        MINTER_SECRET,
+        BTreeMap::from([
+            (MINTER_CA_KEY.to_string(), ca_pem.into()),
+            (MINTER_TOKEN_KEY.to_string(), token.into()),
+        ]),
+        issued_at,
+        expires_at,
+    )
 }
 
 #[cfg(test)]

@@ -101,14 +101,28 @@ pub fn kubeconfig_secret(
     issued_at: &str,
     expires_at: &str,
 ) -> Secret {
-    let mut s = secret(
+    token_secret(
         plan,
         KUBECONFIG_SECRET,
         BTreeMap::from([
             (KUBECONFIG_KEY.to_string(), kubeconfig.into()),
             (KUBECONFIG_INCLUSTER_KEY.to_string(), incluster.into()),
         ]),
-    );
+        issued_at,
+        expires_at,
+    )
+}
+
+/// A Secret of the tenant's namespace holding a token, annotated with when it was issued and
+/// when it expires (what renewal reads back).
+pub fn token_secret(
+    plan: &TenantPlan,
+    name: &str,
+    data: BTreeMap<String, Vec<u8>>,
+    issued_at: &str,
+    expires_at: &str,
+) -> Secret {
+    let mut s = secret(plan, name, data);
     s.metadata.annotations = Some(BTreeMap::from([
         (TOKEN_ISSUED_AT.to_string(), issued_at.to_string()),
         (TOKEN_EXPIRES_AT.to_string(), expires_at.to_string()),
