@@ -10,9 +10,8 @@ use common::*;
 use hostplane_crds::ControlPlane;
 use hostplane_tests::{KubeApiserver, free_port, http_get, wait_for};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 
 const LEASE_NAMESPACE: &str = "kube-system";
 const LEASE_NAME: &str = "hostplane-controller";
@@ -214,19 +213,14 @@ fn create(host: &KubeApiserver, name: &str) {
     assert!(out.success(), "kubectl apply failed: {}", out.combined());
 }
 
-/// The reporting instances of the Events about ControlPlane `name`.
 /// Who reported the Events about ControlPlane `name`, once there are any (an Event may be
 /// published just after the status write that the caller waited for).
 async fn event_reporters(host: &KubeApiserver, name: &str) -> Vec<String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let reporters: Vec<String> = Api::<Event>::all(host.client())
-            .list(&ListParams::default())
+        let reporters: Vec<String> = events_about(host, name)
             .await
-            .unwrap()
-            .items
             .into_iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .map(|e| e.reporting_instance.unwrap_or_default())
             .collect();
         if !reporters.is_empty() || std::time::Instant::now() >= deadline {

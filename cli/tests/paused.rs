@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::*;
 use hostplane_crds::{ControlPlane, RECONCILE_PAUSED_ANNOTATION};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams};
 
 const NAME: &str = "frozen";
 
@@ -29,13 +28,9 @@ async fn token_lifetime(bed: &ControllerBed) -> i64 {
 
 /// The Events about the ControlPlane with `reason`.
 async fn events(bed: &ControllerBed, reason: &str) -> Vec<Event> {
-    Api::<Event>::all(bed.host.client())
-        .list(&ListParams::default())
+    events_about(&bed.host, NAME)
         .await
-        .unwrap()
-        .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(NAME))
         .filter(|e| e.reason.as_deref() == Some(reason))
         .collect()
 }

@@ -13,7 +13,6 @@ use hostplane_controller::limits::TenantLimits;
 use hostplane_crds::ControlPlane;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Secret, Service};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -321,16 +320,10 @@ async fn a_controlplane_becomes_a_fenced_deployment_that_is_ready_when_available
         "{message}"
     );
     let warned = eventually("a TenantAccessFailed Event", || async {
-        Api::<Event>::all(bed.host.client())
-            .list(&ListParams::default())
+        events_about(&bed.host, "acme")
             .await
-            .unwrap()
-            .items
             .into_iter()
-            .find(|e| {
-                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("acme")
-                    && e.reason.as_deref() == Some("TenantAccessFailed")
-            })
+            .find(|e| e.reason.as_deref() == Some("TenantAccessFailed"))
     })
     .await;
     assert_eq!(warned.type_.as_deref(), Some("Warning"));

@@ -558,3 +558,18 @@ pub async fn mark_deployment_available(
         .await
         .unwrap();
 }
+
+/// The Events on the host about ControlPlane `name`.
+pub async fn events_about(
+    host: &KubeApiserver,
+    name: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    Api::<k8s_openapi::api::events::v1::Event>::all(host.client())
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
